@@ -1,0 +1,325 @@
+//! Encoding outgoing frames.
+
+use std::fmt;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::Role;
+use crate::close::CloseFrame;
+use crate::deflate::Compressor;
+use crate::frame::{FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode};
+use crate::mask::apply_mask;
+use crate::write_queue::WriteQueue;
+
+/// Why a frame could not be encoded. These are mistakes of the local
+/// application, not of the peer; nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// A control frame payload over 125 bytes.
+    ControlTooLong(usize),
+    /// A close frame was already sent: RFC 6455 §5.5.1 forbids sending
+    /// anything after it.
+    Closed,
+    /// A whole message or a first fragment while a fragmented message is
+    /// still being sent.
+    FragmentInProgress,
+    /// A continuation fragment with no fragmented message started.
+    NoFragmentInProgress,
+    /// `Continuation` or a control opcode where a data opcode is required.
+    NotADataOpcode(OpCode),
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::ControlTooLong(n) => {
+                write!(f, "control frame payload of {n} bytes (at most 125)")
+            }
+            EncodeError::Closed => f.write_str("a close frame was already sent"),
+            EncodeError::FragmentInProgress => {
+                f.write_str("a fragmented message is still being sent")
+            }
+            EncodeError::NoFragmentInProgress => {
+                f.write_str("no fragmented message is being sent")
+            }
+            EncodeError::NotADataOpcode(op) => write!(f, "{op} is not a data opcode"),
+        }
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+/// Encodes messages and control frames for one end of a connection.
+///
+/// Clients mask every frame with a fresh random key (RFC 6455 §5.3);
+/// servers never mask. With a negotiated [`Compressor`], data messages at
+/// least `threshold` bytes long are compressed (RSV1 set).
+pub struct Encoder {
+    role: Role,
+    deflate: Option<Compressor>,
+    threshold: usize,
+    /// Compressed output of the message being encoded (reused).
+    scratch: BytesMut,
+    /// A fragmented message being sent: whether it is compressed.
+    fragmenting: Option<bool>,
+    closed: bool,
+}
+
+impl fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Encoder")
+            .field("role", &self.role)
+            .field("deflate", &self.deflate.is_some())
+            .field("threshold", &self.threshold)
+            .field("fragmenting", &self.fragmenting)
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+impl Encoder {
+    /// An encoder for `role`, compressing with `deflate` if given.
+    pub fn new(role: Role, deflate: Option<(Compressor, usize)>) -> Encoder {
+        let (deflate, threshold) = match deflate {
+            Some((c, threshold)) => (Some(c), threshold),
+            None => (None, usize::MAX),
+        };
+        Encoder {
+            role,
+            deflate,
+            threshold,
+            scratch: BytesMut::new(),
+            fragmenting: None,
+            closed: false,
+        }
+    }
+
+    /// The role this encoder masks for.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Whether a close frame has been encoded.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Whether permessage-deflate is active.
+    pub fn is_compressing(&self) -> bool {
+        self.deflate.is_some()
+    }
+
+    /// Encodes a whole text message.
+    pub fn text(&mut self, text: &str, dst: &mut WriteQueue) -> Result<(), EncodeError> {
+        self.message(OpCode::Text, text.as_bytes(), dst)
+    }
+
+    /// Encodes a whole binary message.
+    pub fn binary(&mut self, data: &[u8], dst: &mut WriteQueue) -> Result<(), EncodeError> {
+        self.message(OpCode::Binary, data, dst)
+    }
+
+    /// Encodes a whole message (`Text` or `Binary`) in one frame.
+    pub fn message(
+        &mut self,
+        opcode: OpCode,
+        payload: &[u8],
+        dst: &mut WriteQueue,
+    ) -> Result<(), EncodeError> {
+        self.check_data(opcode)?;
+        if self.fragmenting.is_some() {
+            return Err(EncodeError::FragmentInProgress);
+        }
+        if let Some(c) = self.deflate.as_mut().filter(|_| payload.len() >= self.threshold) {
+            let mut out = std::mem::take(&mut self.scratch);
+            out.clear();
+            c.compress(payload, &mut out);
+            self.write_frame(true, true, opcode, &out, dst);
+            self.scratch = out;
+            return Ok(());
+        }
+        self.write_frame(true, false, opcode, payload, dst);
+        Ok(())
+    }
+
+    /// Encodes a whole message whose payload is already in a [`Bytes`].
+    ///
+    /// A server sending an uncompressed payload queues it by reference: no
+    /// copy, however large. Otherwise the same as [`Encoder::message`].
+    pub fn message_bytes(
+        &mut self,
+        opcode: OpCode,
+        payload: Bytes,
+        dst: &mut WriteQueue,
+    ) -> Result<(), EncodeError> {
+        let compress = self.deflate.is_some() && payload.len() >= self.threshold;
+        if self.role == Role::Client || compress {
+            return self.message(opcode, &payload, dst);
+        }
+        self.check_data(opcode)?;
+        if self.fragmenting.is_some() {
+            return Err(EncodeError::FragmentInProgress);
+        }
+        let header = FrameHeader::new(opcode, payload.len() as u64);
+        let mut buf = [0u8; MAX_HEADER_LEN];
+        let n = header.encode(&mut buf);
+        dst.put_slice(buf.get(..n).unwrap_or_default());
+        dst.put_bytes(payload);
+        Ok(())
+    }
+
+    /// Encodes one fragment of a message sent in several frames.
+    ///
+    /// The first fragment names the message type (`Text` or `Binary`);
+    /// the following ones pass the same opcode again (they go out as
+    /// continuation frames). `fin` marks the last fragment. Control frames
+    /// may be sent between fragments. A message is compressed if its first
+    /// fragment is at least the threshold long.
+    ///
+    /// Text fragments need not end on a character boundary, but the whole
+    /// message must be UTF-8: the peer fails the connection otherwise.
+    pub fn fragment(
+        &mut self,
+        opcode: OpCode,
+        payload: &[u8],
+        fin: bool,
+        dst: &mut WriteQueue,
+    ) -> Result<(), EncodeError> {
+        self.check_data(opcode)?;
+        let (wire_opcode, compressed) = match self.fragmenting {
+            None => (
+                opcode,
+                self.deflate.is_some() && payload.len() >= self.threshold,
+            ),
+            Some(compressed) => (OpCode::Continuation, compressed),
+        };
+        let first = self.fragmenting.is_none();
+        self.fragmenting = if fin { None } else { Some(compressed) };
+        match self.deflate.as_mut().filter(|_| compressed) {
+            Some(c) => {
+                let mut out = std::mem::take(&mut self.scratch);
+                out.clear();
+                c.compress_fragment(payload, fin, &mut out);
+                self.write_frame(fin, first, wire_opcode, &out, dst);
+                self.scratch = out;
+            }
+            None => self.write_frame(fin, false, wire_opcode, payload, dst),
+        }
+        Ok(())
+    }
+
+    /// Encodes a ping. The payload may be at most 125 bytes.
+    pub fn ping(&mut self, payload: &[u8], dst: &mut WriteQueue) -> Result<(), EncodeError> {
+        self.control(OpCode::Ping, payload, dst)
+    }
+
+    /// Encodes a pong. The payload may be at most 125 bytes.
+    pub fn pong(&mut self, payload: &[u8], dst: &mut WriteQueue) -> Result<(), EncodeError> {
+        self.control(OpCode::Pong, payload, dst)
+    }
+
+    /// Encodes a close frame; nothing may be encoded after it.
+    /// `None` sends an empty close payload (the peer sees code 1005).
+    pub fn close(
+        &mut self,
+        frame: Option<&CloseFrame>,
+        dst: &mut WriteQueue,
+    ) -> Result<(), EncodeError> {
+        let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+        let len = match frame {
+            Some(f) => {
+                let code = f.code.0.to_be_bytes();
+                let reason = f.reason_bytes();
+                let len = 2 + reason.len();
+                if len > MAX_CONTROL_PAYLOAD {
+                    return Err(EncodeError::ControlTooLong(len));
+                }
+                for (slot, byte) in payload.iter_mut().zip(code.iter().chain(reason.iter())) {
+                    *slot = *byte;
+                }
+                len
+            }
+            None => 0,
+        };
+        self.control(OpCode::Close, payload.get(..len).unwrap_or_default(), dst)?;
+        self.closed = true;
+        Ok(())
+    }
+
+    fn control(
+        &mut self,
+        opcode: OpCode,
+        payload: &[u8],
+        dst: &mut WriteQueue,
+    ) -> Result<(), EncodeError> {
+        if self.closed {
+            return Err(EncodeError::Closed);
+        }
+        if payload.len() > MAX_CONTROL_PAYLOAD {
+            return Err(EncodeError::ControlTooLong(payload.len()));
+        }
+        self.write_frame(true, false, opcode, payload, dst);
+        Ok(())
+    }
+
+    fn check_data(&self, opcode: OpCode) -> Result<(), EncodeError> {
+        if self.closed {
+            return Err(EncodeError::Closed);
+        }
+        if !matches!(opcode, OpCode::Text | OpCode::Binary) {
+            return Err(EncodeError::NotADataOpcode(opcode));
+        }
+        Ok(())
+    }
+
+    /// Writes header and payload, masking for clients.
+    fn write_frame(
+        &mut self,
+        fin: bool,
+        rsv1: bool,
+        opcode: OpCode,
+        payload: &[u8],
+        dst: &mut WriteQueue,
+    ) {
+        let mask = match self.role {
+            Role::Client => Some(rand::random::<[u8; 4]>()),
+            Role::Server => None,
+        };
+        let header = FrameHeader {
+            fin,
+            rsv1,
+            rsv2: false,
+            rsv3: false,
+            opcode,
+            mask,
+            payload_len: payload.len() as u64,
+        };
+        let mut buf = [0u8; MAX_HEADER_LEN];
+        let n = header.encode(&mut buf);
+        let tail = dst.tail_mut();
+        tail.reserve(n + payload.len());
+        tail.extend_from_slice(buf.get(..n).unwrap_or_default());
+        let start = tail.len();
+        tail.extend_from_slice(payload);
+        if let (Some(key), Some(body)) = (mask, tail.get_mut(start..)) {
+            apply_mask(body, key, 0);
+        }
+    }
+}
+
+/// Encodes one frame with explicit header fields: for tools and tests that
+/// need to produce frames a normal sender never would (reserved bits,
+/// reserved opcodes, unmasked client frames). The payload is masked with
+/// `header.mask` if set; `header.payload_len` is taken from `payload`.
+pub fn encode_raw_frame(mut header: FrameHeader, payload: &[u8], dst: &mut Vec<u8>) {
+    header.payload_len = payload.len() as u64;
+    let mut buf = [0u8; MAX_HEADER_LEN];
+    let n = header.encode(&mut buf);
+    dst.extend_from_slice(buf.get(..n).unwrap_or_default());
+    let start = dst.len();
+    dst.extend_from_slice(payload);
+    if let (Some(key), Some(body)) = (header.mask, dst.get_mut(start..)) {
+        apply_mask(body, key, 0);
+    }
+}
