@@ -209,10 +209,15 @@ mod tests {
 
     #[test]
     fn valid_and_invalid_codes() {
-        for code in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999] {
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999,
+            4000, 4999,
+        ] {
             assert!(CloseCode(code).is_valid_on_wire(), "{code}");
         }
-        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+        for code in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
             assert!(!CloseCode(code).is_valid_on_wire(), "{code}");
         }
     }
@@ -229,10 +234,14 @@ mod tests {
             Err(CloseParseError::InvalidCode(1004))
         );
         assert_eq!(
-            CloseFrame::parse(Bytes::from_static(&[0x03, 0xE8, 0xCE, 0xBA, 0xED, 0xA0, 0x80])),
+            CloseFrame::parse(Bytes::from_static(&[
+                0x03, 0xE8, 0xCE, 0xBA, 0xED, 0xA0, 0x80
+            ])),
             Err(CloseParseError::InvalidUtf8)
         );
-        let f = CloseFrame::parse(Bytes::from_static(b"\x03\xe8bye")).unwrap().unwrap();
+        let f = CloseFrame::parse(Bytes::from_static(b"\x03\xe8bye"))
+            .unwrap()
+            .unwrap();
         assert_eq!(f.code, CloseCode::NORMAL);
         assert_eq!(f.reason(), "bye");
     }

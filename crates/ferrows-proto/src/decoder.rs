@@ -358,7 +358,9 @@ impl Decoder {
                 })?;
             if msg.opcode == OpCode::Text {
                 let inflated = self.assembly.get(start..).unwrap_or_default();
-                msg.utf8.feed(inflated).map_err(|_| ProtocolError::InvalidUtf8)?;
+                msg.utf8
+                    .feed(inflated)
+                    .map_err(|_| ProtocolError::InvalidUtf8)?;
             }
             None
         } else {

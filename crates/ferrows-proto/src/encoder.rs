@@ -40,9 +40,7 @@ impl fmt::Display for EncodeError {
             EncodeError::FragmentInProgress => {
                 f.write_str("a fragmented message is still being sent")
             }
-            EncodeError::NoFragmentInProgress => {
-                f.write_str("no fragmented message is being sent")
-            }
+            EncodeError::NoFragmentInProgress => f.write_str("no fragmented message is being sent"),
             EncodeError::NotADataOpcode(op) => write!(f, "{op} is not a data opcode"),
         }
     }
@@ -131,7 +129,11 @@ impl Encoder {
         if self.fragmenting.is_some() {
             return Err(EncodeError::FragmentInProgress);
         }
-        if let Some(c) = self.deflate.as_mut().filter(|_| payload.len() >= self.threshold) {
+        if let Some(c) = self
+            .deflate
+            .as_mut()
+            .filter(|_| payload.len() >= self.threshold)
+        {
             let mut out = std::mem::take(&mut self.scratch);
             out.clear();
             c.compress(payload, &mut out);

@@ -112,7 +112,10 @@ impl fmt::Display for ProtocolError {
                 write!(f, "frame of {size} bytes exceeds the limit of {max}")
             }
             ProtocolError::MessageTooLarge { size, max } => {
-                write!(f, "message of at least {size} bytes exceeds the limit of {max}")
+                write!(
+                    f,
+                    "message of at least {size} bytes exceeds the limit of {max}"
+                )
             }
             ProtocolError::TooManyFragments { max } => {
                 write!(f, "message in more than {max} fragments")

@@ -371,10 +371,7 @@ mod tests {
                         ("client_max_window_bits", None)
                     ]
                 ),
-                ext(
-                    "permessage-deflate",
-                    &[("client_max_window_bits", None)]
-                ),
+                ext("permessage-deflate", &[("client_max_window_bits", None)]),
                 ext("permessage-deflate", &[]),
             ]
         );

@@ -352,7 +352,10 @@ mod tests {
 
     #[test]
     fn decode_reports_missing_bytes() {
-        assert_eq!(FrameHeader::decode(&[]).unwrap(), HeaderDecode::Incomplete(2));
+        assert_eq!(
+            FrameHeader::decode(&[]).unwrap(),
+            HeaderDecode::Incomplete(2)
+        );
         assert_eq!(
             FrameHeader::decode(&[0x81]).unwrap(),
             HeaderDecode::Incomplete(1)
@@ -385,10 +388,7 @@ mod tests {
     #[test]
     fn decode_rejects_length_msb() {
         let bytes = [0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 1];
-        assert_eq!(
-            FrameHeader::decode(&bytes),
-            Err(HeaderError::LengthMsbSet)
-        );
+        assert_eq!(FrameHeader::decode(&bytes), Err(HeaderError::LengthMsbSet));
     }
 
     #[test]

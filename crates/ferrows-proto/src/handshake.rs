@@ -189,7 +189,11 @@ impl Request {
 
     /// `"HTTP/1.1"` or `"HTTP/1.0"`.
     pub fn version(&self) -> &'static str {
-        if self.version == 1 { "HTTP/1.1" } else { "HTTP/1.0" }
+        if self.version == 1 {
+            "HTTP/1.1"
+        } else {
+            "HTTP/1.0"
+        }
     }
 
     /// The header fields.
@@ -286,7 +290,13 @@ impl HandshakeError {
 
 impl fmt::Display for HandshakeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.status, reason_phrase(self.status), self.reason)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status,
+            reason_phrase(self.status),
+            self.reason
+        )
     }
 }
 
@@ -386,14 +396,17 @@ pub fn parse_request(
                 n,
             )))
         }
-        Ok(httparse::Status::Partial) if buf.len() >= limits.max_head_size => Err(
-            HandshakeError::new(431, "request head too large"),
-        ),
+        Ok(httparse::Status::Partial) if buf.len() >= limits.max_head_size => {
+            Err(HandshakeError::new(431, "request head too large"))
+        }
         Ok(httparse::Status::Partial) => Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
             Err(HandshakeError::new(431, "too many header fields"))
         }
-        Err(e) => Err(HandshakeError::new(400, format!("malformed HTTP request: {e}"))),
+        Err(e) => Err(HandshakeError::new(
+            400,
+            format!("malformed HTTP request: {e}"),
+        )),
     }
 }
 
@@ -425,7 +438,9 @@ pub fn validate_request(req: &Request) -> Result<Upgrade, HandshakeError> {
         return Err(HandshakeError::bad("missing \"Upgrade: websocket\" header"));
     }
     if !req.headers.has_token("connection", "upgrade") {
-        return Err(HandshakeError::bad("missing \"Connection: Upgrade\" header"));
+        return Err(HandshakeError::bad(
+            "missing \"Connection: Upgrade\" header",
+        ));
     }
     let versions: Vec<&str> = req.headers.tokens("sec-websocket-version").collect();
     if versions != ["13"] || req.headers.count("sec-websocket-version") != 1 {
@@ -435,7 +450,9 @@ pub fn validate_request(req: &Request) -> Result<Upgrade, HandshakeError> {
         );
     }
     if req.headers.count("sec-websocket-key") != 1 {
-        return Err(HandshakeError::bad("exactly one Sec-WebSocket-Key header required"));
+        return Err(HandshakeError::bad(
+            "exactly one Sec-WebSocket-Key header required",
+        ));
     }
     let key = req
         .headers
@@ -619,7 +636,11 @@ impl Response {
 
     /// Writes the response head in wire form (for traces).
     pub fn to_head_string(&self) -> String {
-        let v = if self.version == 1 { "HTTP/1.1" } else { "HTTP/1.0" };
+        let v = if self.version == 1 {
+            "HTTP/1.1"
+        } else {
+            "HTTP/1.0"
+        };
         let mut s = format!("{v} {} {}\r\n", self.status, self.reason);
         write_headers(&mut s, &self.headers);
         s
@@ -669,7 +690,10 @@ impl fmt::Display for ClientHandshakeError {
                 write!(f, "malformed HTTP response: {why}")
             }
             ClientHandshakeError::NotSwitching { status, reason } => {
-                write!(f, "server answered {status} {reason}, not 101 Switching Protocols")
+                write!(
+                    f,
+                    "server answered {status} {reason}, not 101 Switching Protocols"
+                )
             }
             ClientHandshakeError::MissingUpgrade => {
                 f.write_str("response lacks \"Upgrade: websocket\"")
@@ -716,7 +740,9 @@ pub fn diagnose_accept(expected: &str, got: &str) -> Option<&'static str> {
         return Some("a hex SHA-1 digest: the digest must be base64-encoded from its 20 raw bytes");
     }
     if BASE64.decode(trimmed).is_ok_and(|raw| raw.len() != 20) {
-        return Some("not a base64 SHA-1 digest (20 bytes): was the GUID appended to the key and the key used as sent?");
+        return Some(
+            "not a base64 SHA-1 digest (20 bytes): was the GUID appended to the key and the key used as sent?",
+        );
     }
     None
 }
@@ -870,14 +896,20 @@ mod tests {
 
     #[test]
     fn rfc6455_accept_key_vector() {
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
     fn rfc6455_request_is_accepted() {
         let req = parse(RFC_REQUEST);
         assert_eq!(req.path(), "/chat");
-        assert_eq!(req.subprotocols().collect::<Vec<_>>(), ["chat", "superchat"]);
+        assert_eq!(
+            req.subprotocols().collect::<Vec<_>>(),
+            ["chat", "superchat"]
+        );
         let up = validate_request(&req).unwrap();
         assert_eq!(up.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         let accepted = Accepted {
@@ -919,7 +951,10 @@ mod tests {
         assert_eq!(s, 400);
         let e = validate_request(&parse(&ok.replace("Version: 13", "Version: 8"))).unwrap_err();
         assert_eq!(e.status, 426);
-        assert_eq!(e.headers, vec![("Sec-WebSocket-Version".to_owned(), "13".to_owned())]);
+        assert_eq!(
+            e.headers,
+            vec![("Sec-WebSocket-Version".to_owned(), "13".to_owned())]
+        );
         let resp = String::from_utf8(e.to_response()).unwrap();
         assert!(resp.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
         assert!(resp.contains("\r\nSec-WebSocket-Version: 13\r\n"));
@@ -935,12 +970,27 @@ mod tests {
     fn head_size_and_header_count_are_bounded() {
         let limits = HandshakeLimits::default().max_head_size(64).max_headers(4);
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(100));
-        assert_eq!(parse_request(big.as_bytes(), &limits).unwrap_err().status, 431);
+        assert_eq!(
+            parse_request(big.as_bytes(), &limits).unwrap_err().status,
+            431
+        );
         let many = "GET / HTTP/1.1\r\na: 1\r\nb: 1\r\nc: 1\r\nd: 1\r\ne: 1\r\n\r\n";
         let limits = HandshakeLimits::default().max_headers(4);
-        assert_eq!(parse_request(many.as_bytes(), &limits).unwrap_err().status, 431);
-        assert!(parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n", &limits).unwrap().is_none());
-        assert_eq!(parse_request(b"\x16\x03\x01garbage\r\n\r\n", &limits).unwrap_err().status, 400);
+        assert_eq!(
+            parse_request(many.as_bytes(), &limits).unwrap_err().status,
+            431
+        );
+        assert!(
+            parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n", &limits)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            parse_request(b"\x16\x03\x01garbage\r\n\r\n", &limits)
+                .unwrap_err()
+                .status,
+            400
+        );
     }
 
     #[test]
@@ -966,7 +1016,10 @@ mod tests {
             protocol: Some("mqtt".into()),
             ..Accepted::default()
         };
-        assert_eq!(accept_response(&req, &up, &unoffered).unwrap_err().status, 500);
+        assert_eq!(
+            accept_response(&req, &up, &unoffered).unwrap_err().status,
+            500
+        );
     }
 
     fn client_case(response: &str, protocols: &[&str]) -> Result<Negotiated, ClientHandshakeError> {
@@ -985,14 +1038,21 @@ mod tests {
     #[test]
     fn client_validates_the_response() {
         assert!(client_case(&format!("{GOOD}\r\n"), &[]).is_ok());
-        let n = client_case(&format!("{GOOD}Sec-WebSocket-Protocol: chat\r\n\r\n"), &["chat"]).unwrap();
+        let n = client_case(
+            &format!("{GOOD}Sec-WebSocket-Protocol: chat\r\n\r\n"),
+            &["chat"],
+        )
+        .unwrap();
         assert_eq!(n.protocol.as_deref(), Some("chat"));
         assert!(matches!(
             client_case(&format!("{GOOD}Sec-WebSocket-Protocol: chat\r\n\r\n"), &[]),
             Err(ClientHandshakeError::UnexpectedProtocol(_))
         ));
         assert!(matches!(
-            client_case(&format!("{GOOD}Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"), &[]),
+            client_case(
+                &format!("{GOOD}Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"),
+                &[]
+            ),
             Err(ClientHandshakeError::UnexpectedExtension(_))
         ));
         assert!(matches!(
@@ -1000,19 +1060,37 @@ mod tests {
             Err(ClientHandshakeError::NotSwitching { status: 200, .. })
         ));
         assert!(matches!(
-            client_case(&format!("{}\r\n", GOOD.replace("Upgrade: websocket\r\n", "")), &[]),
+            client_case(
+                &format!("{}\r\n", GOOD.replace("Upgrade: websocket\r\n", "")),
+                &[]
+            ),
             Err(ClientHandshakeError::MissingUpgrade)
         ));
         let wrong = client_case(&format!("{}\r\n", GOOD.replace("s3pP", "AAAA")), &[]);
-        assert!(matches!(wrong, Err(ClientHandshakeError::WrongAccept { .. })));
+        assert!(matches!(
+            wrong,
+            Err(ClientHandshakeError::WrongAccept { .. })
+        ));
     }
 
     #[test]
     fn accept_diagnosis_names_the_classic_faults() {
         let e = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
-        assert!(diagnose_accept(e, &format!("{e}\n")).unwrap().contains("newline"));
-        assert!(diagnose_accept(e, &e.to_lowercase()).unwrap().contains("case"));
-        assert!(diagnose_accept(e, "b37a4f2cc0624f1690f64606cf385945b2bec4ea").unwrap().contains("hex"));
+        assert!(
+            diagnose_accept(e, &format!("{e}\n"))
+                .unwrap()
+                .contains("newline")
+        );
+        assert!(
+            diagnose_accept(e, &e.to_lowercase())
+                .unwrap()
+                .contains("case")
+        );
+        assert!(
+            diagnose_accept(e, "b37a4f2cc0624f1690f64606cf385945b2bec4ea")
+                .unwrap()
+                .contains("hex")
+        );
     }
 
     #[test]
@@ -1026,7 +1104,10 @@ mod tests {
         assert!(text.ends_with("Origin: http://example.com\r\n\r\n"));
         // The server side accepts what the client side builds.
         let parsed = parse(&text);
-        assert_eq!(validate_request(&parsed).unwrap().accept, accept_key(req.key.as_bytes()));
+        assert_eq!(
+            validate_request(&parsed).unwrap().accept,
+            accept_key(req.key.as_bytes())
+        );
         req.headers = vec![("X".into(), "a\r\nb".into())];
         assert!(req.encode().is_err());
     }

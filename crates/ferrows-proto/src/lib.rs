@@ -31,7 +31,10 @@
 //! }
 //! # Ok::<(), ferrows_proto::ProtocolError>(())
 //! ```
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 pub mod close;
 mod config;
@@ -47,12 +50,12 @@ pub mod utf8;
 mod write_queue;
 
 pub use close::{CloseCode, CloseFrame};
-pub use utf8::Utf8Bytes;
 pub use config::Limits;
 pub use decoder::{Decoder, Fragment, Incoming};
 pub use encoder::{EncodeError, Encoder, encode_raw_frame};
 pub use error::ProtocolError;
 pub use frame::{FrameHeader, OpCode};
+pub use utf8::Utf8Bytes;
 pub use write_queue::WriteQueue;
 
 /// Which end of the connection this is. Servers receive masked frames and

@@ -1,1 +1,89 @@
-//! placeholder while the crate is written
+//! Fast, strictly conformant WebSockets for tokio: RFC 6455 and RFC 7692
+//! (permessage-deflate), server and client, `ws://` and `wss://`.
+//!
+//! A server and a client in one program:
+//!
+//! ```
+//! use ferrows::{Message, WebSocket};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> ferrows::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let url = format!("ws://{}/", listener.local_addr()?);
+//!
+//! // The server: echo every message back.
+//! tokio::spawn(async move {
+//!     let (stream, _) = listener.accept().await?;
+//!     let mut ws = ferrows::accept(stream).await?;
+//!     while let Some(msg) = ws.recv().await {
+//!         match msg? {
+//!             msg @ (Message::Text(_) | Message::Binary(_)) => ws.send(msg).await?,
+//!             _ => {}
+//!         }
+//!     }
+//!     Ok::<_, ferrows::Error>(())
+//! });
+//!
+//! // The client.
+//! let (mut ws, _response) = ferrows::connect(&url).await?;
+//! ws.send("Hello").await?;
+//! let reply = ws.recv().await.expect("a reply")?;
+//! assert_eq!(reply.as_text(), Some("Hello"));
+//! ws.close(1000, "done").await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What you get
+//!
+//! * [`WebSocket`]: `recv()`/`send()`/`close()`, a [`futures_core::Stream`]
+//!   and [`futures_sink::Sink`] of [`Message`], [`WebSocket::split`] into
+//!   halves for two tasks. Pings are answered, close frames echoed and
+//!   protocol errors reported with the right close code automatically.
+//! * Server: [`accept`], [`accept_with`] (inspect the request, pick a
+//!   subprotocol, add headers or refuse), [`Handshake`] (also answers plain
+//!   HTTP, to serve a page on the WebSocket's path), [`serve`].
+//! * Client: [`connect`], [`ClientBuilder`] (headers, subprotocols, custom
+//!   TLS roots), [`client_handshake`] over any stream.
+//! * Fragments: [`WebSocket::set_fragment_mode`] to receive frames as they
+//!   complete, and [`Message::Fragment`] to send a message in pieces.
+//! * [`Config`]: limits, backpressure, timeouts, compression; every default
+//!   documented.
+//!
+//! The protocol itself lives in the sans-I/O crate [`ferrows_proto`],
+//! re-exported as [`proto`].
+//!
+//! # Runtime
+//!
+//! Timeouts use tokio's timer: run on a runtime with time enabled (the
+//! default of `#[tokio::main]`).
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
+mod client;
+mod config;
+mod error;
+mod message;
+mod protocol;
+mod server;
+mod stream;
+#[cfg(feature = "tls")]
+pub mod tls;
+mod websocket;
+
+pub use client::{ClientBuilder, WsUrl, client_handshake, connect};
+pub use config::Config;
+pub use error::{Error, Result};
+pub use message::Message;
+pub use server::{Accept, Handshake, Reject, accept, accept_with, serve, serve_with};
+pub use stream::MaybeTlsStream;
+pub use websocket::{Negotiated, WebSocket, WsReader, WsWriter};
+
+pub use ferrows_proto as proto;
+pub use ferrows_proto::deflate::{DeflateConfig, DeflateParams};
+pub use ferrows_proto::handshake::{Request, Response};
+pub use ferrows_proto::{CloseCode, CloseFrame, Fragment, Limits, OpCode, Role, Utf8Bytes};
+
+pub use bytes::Bytes;

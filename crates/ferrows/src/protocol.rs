@@ -1,0 +1,417 @@
+//! The connection state machine over I/O: reading and decoding, writing the
+//! queue, the closing handshake and its timeouts.
+//!
+//! It is written once against [`Transport`], which the whole socket and the
+//! split halves both implement, so the two behave identically.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ferrows_proto::{CloseFrame, Decoder, Encoder, Incoming, OpCode, Role, WriteQueue};
+use tokio::io::AsyncWrite;
+use tokio::time::{Instant, Sleep};
+
+use crate::error::Error;
+use crate::message::Message;
+
+/// Read at least this much at a time.
+const MIN_READ: usize = 8 * 1024;
+/// At most this many slices per vectored write.
+const MAX_IOVECS: usize = 64;
+/// Idle buffers above this capacity are released.
+const KEEP_IDLE: usize = 0;
+
+/// Where the reader gets bytes and how it reaches the write side.
+pub(crate) trait Transport {
+    type W: AsyncWrite + Unpin;
+
+    /// Reads into the spare capacity of `buf`.
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>>;
+
+    /// Runs `f` with the write side and the context to write with.
+    fn with_write<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        f: impl FnOnce(&mut WriteCore, &mut Self::W, &mut Context<'_>) -> R,
+    ) -> R;
+}
+
+/// The write side: encoder, queue, backpressure.
+pub(crate) struct WriteCore {
+    pub(crate) encoder: Encoder,
+    pub(crate) queue: WriteQueue,
+    pub(crate) high_water_mark: usize,
+    /// When our close frame was queued.
+    pub(crate) close_sent_at: Option<Instant>,
+    /// The write side was shut down (FIN sent).
+    pub(crate) shut_down: bool,
+    /// A write failed; every later write fails too.
+    pub(crate) broken: bool,
+}
+
+impl WriteCore {
+    pub(crate) fn new(encoder: Encoder, high_water_mark: usize) -> WriteCore {
+        WriteCore {
+            encoder,
+            queue: WriteQueue::new(),
+            high_water_mark,
+            close_sent_at: None,
+            shut_down: false,
+            broken: false,
+        }
+    }
+
+    /// Encodes `msg` into the queue.
+    pub(crate) fn encode(&mut self, msg: Message) -> Result<(), Error> {
+        if self.broken {
+            return Err(Error::Closed);
+        }
+        let q = &mut self.queue;
+        match msg {
+            Message::Text(t) => self
+                .encoder
+                .message_bytes(OpCode::Text, t.into_bytes(), q)?,
+            Message::Binary(b) => self.encoder.message_bytes(OpCode::Binary, b, q)?,
+            Message::Ping(p) => self.encoder.ping(&p, q)?,
+            Message::Pong(p) => self.encoder.pong(&p, q)?,
+            Message::Fragment(f) => self.encoder.fragment(f.opcode, &f.data, f.fin, q)?,
+            Message::Close(frame) => {
+                self.encoder.close(frame.as_ref(), q)?;
+                self.close_sent_at = Some(Instant::now());
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a close frame unless one was sent already.
+    pub(crate) fn close_once(&mut self, frame: Option<&CloseFrame>) {
+        if !self.encoder.is_closed() && self.encoder.close(frame, &mut self.queue).is_ok() {
+            self.close_sent_at = Some(Instant::now());
+        }
+    }
+
+    /// Writes the queue until it is empty or the socket would block.
+    pub(crate) fn poll_write_queue<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while !self.queue.is_empty() {
+            if self.broken {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            }
+            let result = if self.queue.is_fragmented() && io.is_write_vectored() {
+                let mut slices = [io::IoSlice::new(&[]); MAX_IOVECS];
+                let n = self.queue.chunks_vectored(&mut slices);
+                let slices = slices.get(..n).unwrap_or_default();
+                Pin::new(&mut *io).poll_write_vectored(cx, slices)
+            } else {
+                Pin::new(&mut *io).poll_write(cx, self.queue.chunk())
+            };
+            match ready!(result) {
+                Ok(0) => {
+                    self.broken = true;
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Ok(n) => self.queue.advance(n),
+                Err(e) => {
+                    self.broken = true;
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        self.queue.shrink_if_empty(KEEP_IDLE);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes the queue, then flushes the transport.
+    pub(crate) fn poll_flush<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        ready!(self.poll_write_queue(io, cx))?;
+        Pin::new(io).poll_flush(cx)
+    }
+
+    /// Waits until the queue is below the high-water mark.
+    pub(crate) fn poll_ready<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Error>> {
+        if self.encoder.is_closed() || self.broken {
+            return Poll::Ready(Err(Error::Closed));
+        }
+        if self.queue.len() < self.high_water_mark {
+            return Poll::Ready(Ok(()));
+        }
+        match self.poll_write_queue(io, cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(Error::Io(e))),
+            Poll::Pending if self.queue.len() < self.high_water_mark => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Flushes, then shuts the write side down (TCP FIN, TLS close_notify).
+    pub(crate) fn poll_shutdown<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.shut_down {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(self.poll_flush(io, cx))?;
+        ready!(Pin::new(io).poll_shutdown(cx))?;
+        self.shut_down = true;
+        Poll::Ready(Ok(()))
+    }
+}
+
+enum ReadState {
+    Open,
+    /// The peer's close arrived: flush our reply (a server also shuts its
+    /// write side down), then hand the close to the application.
+    Replying(Option<CloseFrame>),
+    /// We failed the connection: flush our close frame, then wait for EOF.
+    Failing(Option<Error>),
+    /// The closing handshake is over: wait for the TCP close, then report
+    /// `error` (or the end).
+    AwaitEof(Option<Error>),
+    Done,
+}
+
+/// The read side: decoder, read buffer, closing state.
+pub(crate) struct ReadCore {
+    decoder: Decoder,
+    buf: BytesMut,
+    state: ReadState,
+    role: Role,
+    auto_pong: bool,
+    close_timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    fragment_mode: bool,
+}
+
+impl ReadCore {
+    pub(crate) fn new(
+        decoder: Decoder,
+        buf: BytesMut,
+        role: Role,
+        auto_pong: bool,
+        close_timeout: Duration,
+    ) -> ReadCore {
+        ReadCore {
+            decoder,
+            buf,
+            state: ReadState::Open,
+            role,
+            auto_pong,
+            close_timeout,
+            timer: None,
+            fragment_mode: false,
+        }
+    }
+
+    pub(crate) fn set_fragment_mode(&mut self, on: bool) {
+        self.fragment_mode = on;
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self.state, ReadState::Done)
+    }
+
+    /// Bytes received but not yet delivered.
+    pub(crate) fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Polls the close timer, arming it for `deadline()` first if needed.
+    fn poll_timer(&mut self, cx: &mut Context<'_>, deadline: impl FnOnce() -> Instant) -> Poll<()> {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline())));
+        timer.as_mut().poll(cx)
+    }
+
+    /// The next message or control frame.
+    pub(crate) fn poll_next<T: Transport>(
+        &mut self,
+        t: &mut T,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Message, Error>>> {
+        // For states that wait on the peer: give up after the close timeout.
+        let timeout = self.close_timeout;
+        let deadline = move || Instant::now() + timeout;
+        loop {
+            match &mut self.state {
+                ReadState::Done => return Poll::Ready(None),
+                ReadState::Open => {}
+                ReadState::Replying(_) => {
+                    let server = self.role == Role::Server;
+                    let flushed = t.with_write(cx, |w, io, cx| {
+                        if server {
+                            w.poll_shutdown(io, cx)
+                        } else {
+                            w.poll_flush(io, cx)
+                        }
+                    });
+                    if flushed.is_pending() && self.poll_timer(cx, deadline).is_pending() {
+                        return Poll::Pending;
+                    }
+                    // A write error or a stuck peer here only means the
+                    // peer is gone; the close it sent is still the news.
+                    let ReadState::Replying(frame) =
+                        std::mem::replace(&mut self.state, ReadState::AwaitEof(None))
+                    else {
+                        continue;
+                    };
+                    self.timer = None;
+                    return Poll::Ready(Some(Ok(Message::Close(frame))));
+                }
+                ReadState::Failing(_) => {
+                    let server = self.role == Role::Server;
+                    let flushed = t.with_write(cx, |w, io, cx| {
+                        if server {
+                            w.poll_shutdown(io, cx)
+                        } else {
+                            w.poll_flush(io, cx)
+                        }
+                    });
+                    if flushed.is_pending() && self.poll_timer(cx, deadline).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let ReadState::Failing(err) =
+                        std::mem::replace(&mut self.state, ReadState::Done)
+                    else {
+                        continue;
+                    };
+                    self.timer = None;
+                    self.state = ReadState::AwaitEof(err);
+                    continue;
+                }
+                ReadState::AwaitEof(_) => return self.poll_await_eof(t, cx),
+            }
+
+            // Open: deliver what the buffer already holds.
+            if !self.decoder.is_mid_message() {
+                self.decoder.set_fragment_mode(self.fragment_mode);
+            }
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(item)) => match item {
+                    Incoming::Text(t) => return Poll::Ready(Some(Ok(Message::Text(t)))),
+                    Incoming::Binary(b) => return Poll::Ready(Some(Ok(Message::Binary(b)))),
+                    Incoming::Fragment(f) => return Poll::Ready(Some(Ok(Message::Fragment(f)))),
+                    Incoming::Ping(p) => {
+                        if self.auto_pong {
+                            t.with_write(cx, |w, _, _| {
+                                // Fails only after our close: then no pong is due.
+                                let _ = w.encoder.pong(&p, &mut w.queue);
+                            });
+                        }
+                        return Poll::Ready(Some(Ok(Message::Ping(p))));
+                    }
+                    Incoming::Pong(p) => return Poll::Ready(Some(Ok(Message::Pong(p)))),
+                    Incoming::Close(frame) => {
+                        // Echo the peer's code (RFC 6455 §5.5.1); an empty
+                        // close gets an empty close.
+                        let reply = frame.as_ref().map(|f| CloseFrame::new(f.code, ""));
+                        t.with_write(cx, |w, _, _| w.close_once(reply.as_ref()));
+                        self.timer = None;
+                        self.state = ReadState::Replying(frame);
+                        continue;
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "failing the connection");
+                    let frame = CloseFrame::new(e.close_code(), e.close_reason());
+                    t.with_write(cx, |w, _, _| w.close_once(Some(&frame)));
+                    self.timer = None;
+                    self.state = ReadState::Failing(Some(Error::Protocol(e)));
+                    continue;
+                }
+            }
+
+            // The buffer is exhausted: write what the messages delivered so
+            // far produced (one syscall for all of them), then read.
+            let (flush, over_mark, close_sent_at) = t.with_write(cx, |w, io, cx| {
+                let flush = w.poll_flush(io, cx);
+                (flush, w.queue.len() >= w.high_water_mark, w.close_sent_at)
+            });
+            if let Poll::Ready(Err(e)) = flush {
+                self.state = ReadState::Done;
+                return Poll::Ready(Some(Err(Error::Io(e))));
+            }
+            if let Some(sent) = close_sent_at {
+                if self.poll_timer(cx, || sent + timeout).is_ready() {
+                    self.state = ReadState::Done;
+                    return Poll::Ready(Some(Err(Error::CloseTimeout)));
+                }
+            }
+            if over_mark {
+                // The peer does not read: stop reading from it too, so it
+                // cannot grow our queue (pongs) without bound.
+                return Poll::Pending;
+            }
+            self.buf.reserve(self.decoder.bytes_needed().max(MIN_READ));
+            match t.poll_read(cx, &mut self.buf) {
+                Poll::Pending => {
+                    if self.buf.is_empty() && !self.decoder.is_mid_message() {
+                        // Idle: give the read buffer's memory back.
+                        if self.buf.capacity() > KEEP_IDLE {
+                            self.buf = BytesMut::new();
+                        }
+                        self.decoder.shrink();
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(0)) => {
+                    self.state = ReadState::Done;
+                    return Poll::Ready(Some(Err(Error::AbnormalClosure)));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    self.state = ReadState::Done;
+                    return Poll::Ready(Some(Err(Error::Io(e))));
+                }
+            }
+        }
+    }
+
+    /// After the closing handshake: discard input until EOF or the timeout.
+    fn poll_await_eof<T: Transport>(
+        &mut self,
+        t: &mut T,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Message, Error>>> {
+        let timeout = self.close_timeout;
+        let deadline = move || Instant::now() + timeout;
+        loop {
+            self.buf.clear();
+            self.buf.reserve(MIN_READ);
+            match t.poll_read(cx, &mut self.buf) {
+                Poll::Ready(Ok(n)) if n > 0 => continue,
+                Poll::Pending => {
+                    if self.poll_timer(cx, deadline).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+                // EOF, or an error: either way the connection is over.
+                Poll::Ready(_) => {}
+            }
+            self.buf = BytesMut::new();
+            self.timer = None;
+            let ReadState::AwaitEof(err) = std::mem::replace(&mut self.state, ReadState::Done)
+            else {
+                return Poll::Ready(None);
+            };
+            return Poll::Ready(err.map(Err));
+        }
+    }
+}
