@@ -1,1 +1,193 @@
-fn main() {}
+//! `ferrows`: ready-made WebSocket servers and tools.
+
+mod echo;
+mod env;
+mod net;
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use ferrows::{Config, DeflateConfig};
+
+use crate::env::BadSetting;
+use crate::net::NetOptions;
+
+/// WebSocket servers, client and tools.
+#[derive(Parser, Debug)]
+#[command(name = "ferrows", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a ready-made server.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(subcommand)]
+    server: ServerKind,
+}
+
+#[derive(Subcommand, Debug)]
+enum ServerKind {
+    /// Echo every message back unchanged (a drop-in for websocket-echo-server).
+    Echo(EchoArgs),
+}
+
+/// Settings every server shares.
+#[derive(Args, Debug, Clone)]
+struct CommonArgs {
+    /// Do not accept permessage-deflate (accepted by default).
+    #[arg(long)]
+    no_compression: bool,
+    /// Send messages shorter than this uncompressed (bytes; the suite needs 0).
+    #[arg(long, value_name = "BYTES", default_value_t = 256)]
+    compression_threshold: usize,
+    /// Serve wss:// and https:// with this PEM certificate chain.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key for --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Accept WebSocket connections only from these Origins (repeatable); others get 403.
+    #[arg(long = "origin", value_name = "ORIGIN")]
+    origins: Vec<String>,
+    /// Refuse WebSocket upgrades with 503 beyond this many connections.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_connections: usize,
+}
+
+#[derive(Args, Debug)]
+struct EchoArgs {
+    /// Address to listen on [env: BIND_ADDRESS] [default: ::]
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<String>,
+    /// Port to listen on; 0 picks a free one [env: BIND_PORT] [default: 1337]
+    #[arg(long, value_name = "PORT")]
+    port: Option<String>,
+    /// Ping every client this often; terminate those silent since the last ping (ms) [env: HEARTBEAT_INTERVAL] [default: 30000]
+    #[arg(long, value_name = "MS")]
+    heartbeat_interval: Option<String>,
+    /// Stop reading from a client while this many bytes of its echoes are unsent [env: HIGH_WATER_MARK] [default: 16384]
+    #[arg(long, value_name = "BYTES")]
+    high_water_mark: Option<String>,
+    /// Close with 1009 on larger messages [env: MAX_MESSAGE_SIZE] [default: 65536]
+    #[arg(long, value_name = "BYTES")]
+    max_message_size: Option<String>,
+    /// Close with 1009 on messages in more frames [env: MAX_FRAGMENTS] [default: 256]
+    #[arg(long, value_name = "N")]
+    max_fragments: Option<String>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(bad) = e.downcast_ref::<BadSetting>() {
+                eprintln!("error: {bad}");
+                return ExitCode::from(2);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(ServeArgs {
+            server: ServerKind::Echo(args),
+        }) => serve_echo(args).await,
+    }
+}
+
+fn net_options(common: &CommonArgs, config: Config) -> anyhow::Result<NetOptions> {
+    let mut config = config;
+    if !common.no_compression {
+        let mut deflate = DeflateConfig::default();
+        deflate.threshold = common.compression_threshold;
+        config = config.deflate(deflate);
+    }
+    let tls = match (&common.tls_cert, &common.tls_key) {
+        (Some(cert), Some(key)) => Some(ferrows::tls::server_config_from_files(cert, key)?),
+        _ => None,
+    };
+    Ok(NetOptions {
+        config,
+        tls,
+        max_connections: common.max_connections,
+        origins: common.origins.clone(),
+    })
+}
+
+async fn serve_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
+    let bind_raw = env::raw(args.bind.as_deref(), "bind", "BIND_ADDRESS");
+    let bind: IpAddr = match bind_raw {
+        Some(r) if !r.value.trim().is_empty() => r.value.trim().parse().map_err(|_| BadSetting {
+            source: r.source,
+            value: r.value,
+            why: "not an IP address",
+        })?,
+        _ => IpAddr::from([0u16; 8]),
+    };
+    let port = env::port(env::raw(args.port.as_deref(), "port", "BIND_PORT"), 1337)?;
+    let heartbeat = env::number(
+        env::raw(args.heartbeat_interval.as_deref(), "heartbeat-interval", "HEARTBEAT_INTERVAL"),
+        30_000,
+    )?;
+    let hwm = env::number(
+        env::raw(args.high_water_mark.as_deref(), "high-water-mark", "HIGH_WATER_MARK"),
+        16_384,
+    )?;
+    let max_message = env::number(
+        env::raw(args.max_message_size.as_deref(), "max-message-size", "MAX_MESSAGE_SIZE"),
+        65_536,
+    )?;
+    let max_fragments = env::number(
+        env::raw(args.max_fragments.as_deref(), "max-fragments", "MAX_FRAGMENTS"),
+        256,
+    )?;
+    let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let config = Config::default()
+        .max_message_size(to_usize(max_message))
+        .max_frame_size(to_usize(max_message))
+        .max_fragments(to_usize(max_fragments))
+        .write_high_water_mark(to_usize(hwm));
+    let opts = net_options(&args.common, config)?;
+    let listener = net::bind(bind, port)?;
+    let local = listener.local_addr().context("local address")?;
+    tracing::info!("listening on {}", net::display_addr(local));
+    let beat = echo::heartbeat(Duration::from_millis(heartbeat));
+    let echo_opts = echo::EchoOptions {
+        high_water_mark: to_usize(hwm),
+    };
+    net::run(listener, opts, move |hs, peer, shutdown| {
+        echo::handle(hs, peer, shutdown, beat.clone(), echo_opts, None)
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -350,8 +350,9 @@ impl Decoder {
             inflater
                 .decompress(&payload, fin, &mut self.assembly, limit)
                 .map_err(|e| match e {
-                    InflateError::TooBig { .. } => ProtocolError::MessageTooLarge {
-                        size: msg.delivered + self.assembly.len() as u64,
+                    // The output was cut back: all we know is it passed the limit.
+                    InflateError::TooBig { limit } => ProtocolError::MessageTooLarge {
+                        size: msg.delivered + limit as u64 + 1,
                         max: self.limits.max_message_size,
                     },
                     other => ProtocolError::InvalidCompressedData(other.to_string()),

@@ -22,12 +22,13 @@
 //!
 //! # Memory (zlib-rs backend, measured with flate2 1.1 / zlib-rs 0.6)
 //!
-//! A `Compressor` holds one allocation of about 240 KiB plus `4 << window_bits`
-//! bytes (≈ 370 KiB at 15 bits, ≈ 245 KiB at 9 bits): zlib-rs uses a fixed
-//! 64 Ki-entry hash table and 112 KiB of literal buffers whatever the window.
-//! A `Decompressor` holds about 43 KiB at every window size (the window is
-//! always 32 KiB). Both are allocated on first use, so a connection that never
-//! sends (or never receives) a compressed message pays nothing for it.
+//! A `Compressor` holds one allocation of 243 KiB plus `4 << window_bits`
+//! bytes (371 KiB at 15 bits, 245 KiB at 8 or 9 bits): zlib-rs uses a fixed
+//! 64 Ki-entry hash table (128 KiB, cleared on every reset, ≈ 2 µs) and
+//! 112 KiB of literal buffers whatever the window. A `Decompressor` holds
+//! 46 KiB at every window size (zlib-rs always allocates a 32 KiB window).
+//! Both are allocated on first use, so a connection that never sends (or
+//! never receives) a compressed message pays nothing for it.
 
 use crate::extensions::ExtensionOffer;
 use bytes::BytesMut;
@@ -805,6 +806,8 @@ pub struct Decompressor {
     inner: Option<Decompress>,
     window_bits: u8,
     no_context_takeover: bool,
+    /// No input consumed since the DEFLATE stream (re)started.
+    stream_start: bool,
 }
 
 impl Decompressor {
@@ -823,6 +826,7 @@ impl Decompressor {
             inner: None,
             window_bits: clamp_bits(window_bits),
             no_context_takeover,
+            stream_start: true,
         }
     }
 
@@ -837,7 +841,9 @@ impl Decompressor {
     /// When `fin`, it also inflates the `00 00 FF FF` tail RFC 7692 §7.2.2
     /// says to append, and ends the message (resetting the context if
     /// `no_context_takeover`). A DEFLATE block with BFINAL set (§7.2.3.4) ends
-    /// the stream; whatever follows it is decoded as a new stream.
+    /// the stream; whatever follows it is decoded as a new stream, and the
+    /// tail is not appended when nothing follows it (so a peer that omits the
+    /// empty block the RFC's example puts after BFINAL is understood too).
     ///
     /// `limit` bounds `dst.len()`, not only what this call adds: a caller that
     /// gathers a fragmented message in `dst` passes its message size limit.
@@ -865,20 +871,23 @@ impl Decompressor {
         let inner = self
             .inner
             .get_or_insert_with(|| Decompress::new_with_window_bits(false, MAX_WINDOW_BITS));
-        let mut result = inflate_into(inner, input, dst, limit);
-        if fin && result.is_ok() {
-            result = inflate_into(inner, &FLUSH_TAIL, dst, limit);
+        let stream_start = &mut self.stream_start;
+        let mut result = inflate_into(inner, input, dst, limit, stream_start);
+        if fin && result.is_ok() && !*stream_start {
+            result = inflate_into(inner, &FLUSH_TAIL, dst, limit, stream_start);
         }
         match result {
             Ok(()) => {
                 if fin && self.no_context_takeover {
                     inner.reset(false);
+                    *stream_start = true;
                 }
                 Ok(())
             }
             Err(err) => {
                 dst.truncate(start);
                 inner.reset(false);
+                *stream_start = true;
                 Err(err)
             }
         }
@@ -887,11 +896,14 @@ impl Decompressor {
 
 /// Inflates all of `input` into `dst`, growing it by chunks (zero-filled,
 /// then truncated to what was produced), never beyond `limit + 1` bytes.
+/// `stream_start` tracks whether any input went in since the DEFLATE stream
+/// (re)started.
 fn inflate_into(
     inner: &mut Decompress,
     mut input: &[u8],
     dst: &mut BytesMut,
     limit: usize,
+    stream_start: &mut bool,
 ) -> Result<(), InflateError> {
     let too_big = InflateError::TooBig { limit };
     // Text and JSON inflate to 3–10 times their compressed size.
@@ -917,6 +929,9 @@ fn inflate_into(
         let produced = usize::try_from(inner.total_out() - out_before).unwrap_or(0);
         dst.truncate(len + produced);
         input = input.get(consumed..).unwrap_or_default();
+        if consumed > 0 {
+            *stream_start = false;
+        }
         let status = result.map_err(|err| {
             InflateError::Corrupt(err.message().unwrap_or("invalid deflate data").to_owned())
         })?;
@@ -925,8 +940,9 @@ fn inflate_into(
         }
         if status == Status::StreamEnd {
             // A final block (BFINAL=1) ended the DEFLATE stream; what follows
-            // (at least the appended tail) starts a new one.
+            // starts a new one.
             inner.reset(false);
+            *stream_start = true;
         }
         if produced == room {
             // Output full: more may be pending.
@@ -1329,6 +1345,26 @@ mod tests {
         // The stream goes on after it.
         assert_eq!(decompress(&mut d, HELLO).unwrap(), b"Hello");
         assert_eq!(decompress(&mut d, &payload).unwrap(), b"Hello");
+    }
+
+    #[test]
+    fn bfinal_block_without_trailing_empty_block() {
+        // "Hello" in a final block, with nothing after it: the tail must not
+        // be appended, or the next message would be misread.
+        let payload = [0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+        let mut d = Decompressor::new(15, false);
+        for _ in 0..3 {
+            assert_eq!(decompress(&mut d, &payload).unwrap(), b"Hello");
+            assert_eq!(decompress(&mut d, HELLO).unwrap(), b"Hello");
+            assert_eq!(decompress(&mut d, HELLO_AGAIN).unwrap(), b"Hello");
+        }
+        // Same, with the final block split over two frames.
+        let mut out = BytesMut::new();
+        d.decompress(&payload[..3], false, &mut out, 100).unwrap();
+        d.decompress(&payload[3..], false, &mut out, 100).unwrap();
+        d.decompress(&[], true, &mut out, 100).unwrap();
+        assert_eq!(out, b"Hello"[..]);
+        assert_eq!(decompress(&mut d, HELLO).unwrap(), b"Hello");
     }
 
     #[test]

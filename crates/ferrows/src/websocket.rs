@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::BytesMut;
-use ferrows_proto::deflate::{Compressor, Decompressor, DeflateParams};
+use ferrows_proto::deflate::DeflateParams;
 use ferrows_proto::{CloseCode, CloseFrame, Decoder, Encoder, Role};
 use futures_core::Stream;
 use futures_sink::Sink;
@@ -85,26 +85,16 @@ pub(crate) fn build_cores(
     leftover: BytesMut,
 ) -> (ReadCore, WriteCore) {
     let (compressor, decompressor) = match (deflate, &config.compression) {
-        (Some(p), Some(c)) => {
-            let (ours, ours_nct, theirs, theirs_nct) = match role {
-                Role::Server => (
-                    p.server_max_window_bits,
-                    p.server_no_context_takeover,
-                    p.client_max_window_bits,
-                    p.client_no_context_takeover,
-                ),
-                Role::Client => (
-                    p.client_max_window_bits,
-                    p.client_no_context_takeover,
-                    p.server_max_window_bits,
-                    p.server_no_context_takeover,
-                ),
-            };
-            (
-                Some((Compressor::new(ours, c.level, ours_nct), c.threshold)),
-                Some(Decompressor::new(theirs, theirs_nct)),
-            )
-        }
+        (Some(p), Some(c)) => match role {
+            Role::Server => (
+                Some((p.server_compressor(c), c.threshold)),
+                Some(p.server_decompressor()),
+            ),
+            Role::Client => (
+                Some((p.client_compressor(c), c.threshold)),
+                Some(p.client_decompressor()),
+            ),
+        },
         _ => (None, None),
     };
     let decoder = Decoder::new(role, config.limits, decompressor);
@@ -220,6 +210,23 @@ where
         let msg = msg.into();
         std::future::poll_fn(|cx| self.poll_ready_send(cx)).await?;
         self.write.encode(msg)
+    }
+
+    /// Queues a message right away, ignoring the write high-water mark;
+    /// it is written by the next flush (or `recv`).
+    ///
+    /// For small control frames that must not wait behind backpressure
+    /// (heartbeat pings), and for fan-out code that bounds each connection
+    /// itself by checking [`WebSocket::buffered_amount`].
+    ///
+    /// # Errors
+    ///
+    /// As [`WebSocket::send`], except that it never waits.
+    pub fn queue(&mut self, msg: impl Into<Message>) -> Result<()> {
+        if self.read.is_done() {
+            return Err(Error::Closed);
+        }
+        self.write.encode(msg.into())
     }
 
     /// Writes everything queued and flushes the transport.
