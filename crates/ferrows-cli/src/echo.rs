@@ -75,6 +75,9 @@ pub(crate) async fn echo(
     mut beat: watch::Receiver<u64>,
     opts: EchoOptions,
 ) -> CloseCode {
+    // A clone of a watch receiver starts at its origin's last-seen value:
+    // mark the current tick seen so only the next one counts.
+    beat.borrow_and_update();
     // Like the original: any message or pong since the last ping is a
     // sign of life; none by the next tick, and the peer is terminated.
     let mut alive = true;

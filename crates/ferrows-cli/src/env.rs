@@ -15,7 +15,11 @@ pub(crate) struct BadSetting {
 
 impl fmt::Display for BadSetting {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid value {:?} for {}: {}", self.value, self.source, self.why)
+        write!(
+            f,
+            "invalid value {:?} for {}: {}",
+            self.value, self.source, self.why
+        )
     }
 }
 

@@ -97,7 +97,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -147,28 +150,46 @@ fn net_options(common: &CommonArgs, config: Config) -> anyhow::Result<NetOptions
 async fn serve_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
     let bind_raw = env::raw(args.bind.as_deref(), "bind", "BIND_ADDRESS");
     let bind: IpAddr = match bind_raw {
-        Some(r) if !r.value.trim().is_empty() => r.value.trim().parse().map_err(|_| BadSetting {
-            source: r.source,
-            value: r.value,
-            why: "not an IP address",
-        })?,
+        Some(r) if !r.value.trim().is_empty() => {
+            r.value.trim().parse().map_err(|_| BadSetting {
+                source: r.source,
+                value: r.value,
+                why: "not an IP address",
+            })?
+        }
         _ => IpAddr::from([0u16; 8]),
     };
     let port = env::port(env::raw(args.port.as_deref(), "port", "BIND_PORT"), 1337)?;
     let heartbeat = env::number(
-        env::raw(args.heartbeat_interval.as_deref(), "heartbeat-interval", "HEARTBEAT_INTERVAL"),
+        env::raw(
+            args.heartbeat_interval.as_deref(),
+            "heartbeat-interval",
+            "HEARTBEAT_INTERVAL",
+        ),
         30_000,
     )?;
     let hwm = env::number(
-        env::raw(args.high_water_mark.as_deref(), "high-water-mark", "HIGH_WATER_MARK"),
+        env::raw(
+            args.high_water_mark.as_deref(),
+            "high-water-mark",
+            "HIGH_WATER_MARK",
+        ),
         16_384,
     )?;
     let max_message = env::number(
-        env::raw(args.max_message_size.as_deref(), "max-message-size", "MAX_MESSAGE_SIZE"),
+        env::raw(
+            args.max_message_size.as_deref(),
+            "max-message-size",
+            "MAX_MESSAGE_SIZE",
+        ),
         65_536,
     )?;
     let max_fragments = env::number(
-        env::raw(args.max_fragments.as_deref(), "max-fragments", "MAX_FRAGMENTS"),
+        env::raw(
+            args.max_fragments.as_deref(),
+            "max-fragments",
+            "MAX_FRAGMENTS",
+        ),
         256,
     )?;
     let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);

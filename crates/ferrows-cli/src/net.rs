@@ -34,7 +34,11 @@ pub(crate) struct NetOptions {
 pub(crate) fn bind(addr: IpAddr, port: u16) -> anyhow::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let sockaddr = SocketAddr::new(addr, port);
-    let socket = Socket::new(Domain::for_address(sockaddr), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(sockaddr),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     if addr.is_ipv6() {
         // Dual-stack where the system allows it; IPv6-only otherwise.
         let _ = socket.set_only_v6(!addr.is_unspecified());
@@ -161,6 +165,8 @@ where
                     return;
                 }
             }
+            let mut shutdown = shutdown;
+            shutdown.borrow_and_update();
             handler(hs, peer, shutdown).await;
             drop(guard);
         });
@@ -171,7 +177,10 @@ where
     );
     let _ = shutdown_tx.send(true);
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("some connections did not close within {SHUTDOWN_GRACE:?}");
     }
     Ok(())
@@ -222,7 +231,13 @@ mod tests {
     #[test]
     fn addresses_display_like_the_original() {
         assert_eq!(display_addr("[::]:1337".parse().unwrap()), "[::]:1337");
-        assert_eq!(display_addr("127.0.0.1:80".parse().unwrap()), "127.0.0.1:80");
-        assert_eq!(display_addr("[::ffff:10.0.0.1]:5".parse().unwrap()), "10.0.0.1:5");
+        assert_eq!(
+            display_addr("127.0.0.1:80".parse().unwrap()),
+            "127.0.0.1:80"
+        );
+        assert_eq!(
+            display_addr("[::ffff:10.0.0.1]:5".parse().unwrap()),
+            "10.0.0.1:5"
+        );
     }
 }
