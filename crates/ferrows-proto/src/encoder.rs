@@ -171,6 +171,35 @@ impl Encoder {
         Ok(())
     }
 
+    /// Queues a frame that was encoded once for many connections (see
+    /// [`encode_server_frame`]), without encoding it again.
+    ///
+    /// Only a server that does not compress can send shared frames: clients
+    /// mask every frame with their own key, and compression state is per
+    /// connection. Returns `Ok(false)` without queueing anything in those
+    /// cases (the caller then encodes the message itself).
+    pub fn shared_frame(
+        &mut self,
+        opcode: OpCode,
+        frame: Bytes,
+        dst: &mut WriteQueue,
+    ) -> Result<bool, EncodeError> {
+        if self.closed {
+            return Err(EncodeError::Closed);
+        }
+        if self.role == Role::Client || (self.deflate.is_some() && opcode.is_data()) {
+            return Ok(false);
+        }
+        if opcode.is_data() && self.fragmenting.is_some() {
+            return Err(EncodeError::FragmentInProgress);
+        }
+        dst.put_bytes(frame);
+        if opcode == OpCode::Close {
+            self.closed = true;
+        }
+        Ok(true)
+    }
+
     /// Encodes one fragment of a message sent in several frames.
     ///
     /// The first fragment names the message type (`Text` or `Binary`);
@@ -324,4 +353,23 @@ pub fn encode_raw_frame(mut header: FrameHeader, payload: &[u8], dst: &mut Vec<u
     if let (Some(key), Some(body)) = (header.mask, dst.get_mut(start..)) {
         apply_mask(body, key, 0);
     }
+}
+
+/// Encodes a whole message as a server sends it (one frame, unmasked,
+/// uncompressed): for sending the same bytes to many connections with
+/// [`Encoder::shared_frame`].
+pub fn encode_server_frame(opcode: OpCode, payload: &[u8]) -> Result<Bytes, EncodeError> {
+    if opcode == OpCode::Continuation || opcode.is_reserved() {
+        return Err(EncodeError::NotADataOpcode(opcode));
+    }
+    if opcode.is_control() && payload.len() > MAX_CONTROL_PAYLOAD {
+        return Err(EncodeError::ControlTooLong(payload.len()));
+    }
+    let header = FrameHeader::new(opcode, payload.len() as u64);
+    let mut buf = [0u8; MAX_HEADER_LEN];
+    let n = header.encode(&mut buf);
+    let mut out = BytesMut::with_capacity(n + payload.len());
+    out.extend_from_slice(buf.get(..n).unwrap_or_default());
+    out.extend_from_slice(payload);
+    Ok(out.freeze())
 }

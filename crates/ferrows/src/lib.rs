@@ -62,6 +62,7 @@
     allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+mod broadcast;
 mod client;
 mod config;
 mod error;
@@ -73,6 +74,7 @@ mod stream;
 pub mod tls;
 mod websocket;
 
+pub use broadcast::{Hub, Member, Prepared, SendError};
 pub use client::{ClientBuilder, WsUrl, client_handshake, connect};
 pub use config::Config;
 pub use error::{Error, Result};

@@ -14,6 +14,7 @@ use ferrows_proto::{CloseFrame, Decoder, Encoder, Incoming, OpCode, Role, WriteQ
 use tokio::io::AsyncWrite;
 use tokio::time::{Instant, Sleep};
 
+use crate::broadcast::Prepared;
 use crate::error::Error;
 use crate::message::Message;
 
@@ -84,6 +85,22 @@ impl WriteCore {
             }
         }
         Ok(())
+    }
+
+    /// Encodes a prepared message, sharing its frame when possible.
+    pub(crate) fn encode_prepared(&mut self, prepared: &Prepared) -> Result<(), Error> {
+        if self.broken {
+            return Err(Error::Closed);
+        }
+        if let Some((opcode, frame)) = prepared.server_frame() {
+            if self.encoder.shared_frame(opcode, frame, &mut self.queue)? {
+                if opcode == OpCode::Close {
+                    self.close_sent_at = Some(Instant::now());
+                }
+                return Ok(());
+            }
+        }
+        self.encode(prepared.message().clone())
     }
 
     /// Queues a close frame unless one was sent already.

@@ -13,6 +13,7 @@ use futures_core::Stream;
 use futures_sink::Sink;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 
+use crate::broadcast::Prepared;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::message::Message;
@@ -229,6 +230,20 @@ where
         self.write.encode(msg.into())
     }
 
+    /// Queues a [`Prepared`] message like [`WebSocket::queue`]. A server
+    /// that does not compress queues the shared frame bytes as they are:
+    /// no encoding, and no copy for large payloads.
+    ///
+    /// # Errors
+    ///
+    /// As [`WebSocket::queue`].
+    pub fn queue_prepared(&mut self, prepared: &Prepared) -> Result<()> {
+        if self.read.is_done() {
+            return Err(Error::Closed);
+        }
+        self.write.encode_prepared(prepared)
+    }
+
     /// Writes everything queued and flushes the transport.
     ///
     /// # Errors
@@ -252,9 +267,8 @@ where
             self.write
                 .encode(Message::Close(Some(CloseFrame::new(code, reason))))?;
         }
-        if let Err(e) = self.flush().await {
-            tracing::debug!(error = %e, "flushing the close frame failed");
-        }
+        // recv() writes the close frame and waits for the answer, bounded
+        // by the close timeout even if the peer stopped reading.
         while let Some(item) = self.recv().await {
             item?;
         }
@@ -529,6 +543,25 @@ impl<S: AsyncRead + AsyncWrite> WsWriter<S> {
         let msg = msg.into();
         std::future::poll_fn(|cx| self.poll_ready_send(cx)).await?;
         lock(&self.shared).core.encode(msg)
+    }
+
+    /// Queues a message without waiting for the high-water mark; see
+    /// [`WebSocket::queue`].
+    ///
+    /// # Errors
+    ///
+    /// As [`WebSocket::queue`].
+    pub fn queue(&mut self, msg: impl Into<Message>) -> Result<()> {
+        lock(&self.shared).core.encode(msg.into())
+    }
+
+    /// Queues a [`Prepared`] message; see [`WebSocket::queue_prepared`].
+    ///
+    /// # Errors
+    ///
+    /// As [`WebSocket::queue`].
+    pub fn queue_prepared(&mut self, prepared: &Prepared) -> Result<()> {
+        lock(&self.shared).core.encode_prepared(prepared)
     }
 
     /// Writes everything queued and flushes the transport.
