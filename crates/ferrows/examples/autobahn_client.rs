@@ -48,9 +48,8 @@ async fn run_case(base: &str, case: u32, config: &Config) -> ferrows::Result<()>
         .connect()
         .await?;
     while let Some(msg) = ws.recv().await {
-        match msg? {
-            msg @ (Message::Text(_) | Message::Binary(_)) => ws.feed(msg).await?,
-            _ => {}
+        if let msg @ (Message::Text(_) | Message::Binary(_)) = msg? {
+            ws.feed(msg).await?;
         }
     }
     Ok(())
