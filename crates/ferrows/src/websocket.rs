@@ -276,6 +276,10 @@ where
     }
 
     fn poll_ready_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.read.is_done() {
+            // The connection ended (closing handshake done, or failed).
+            return Poll::Ready(Err(Error::Closed));
+        }
         self.write.poll_ready(&mut self.io, cx)
     }
 
