@@ -99,6 +99,31 @@ pub(crate) async fn pair(server: Config, client: Config) -> (WebSocket<TcpStream
     within("handshake", async { tokio::join!(accept, connect) }).await
 }
 
+/// Like [`pair`], over a connection whose kernel buffers are small on both
+/// ends (see [`small_buffer_listener`]).
+pub(crate) async fn small_buffer_pair(
+    server: Config,
+    client: Config,
+) -> (WebSocket<TcpStream>, WebSocket<TcpStream>) {
+    let (listener, addr) = small_buffer_listener();
+    let accept = async {
+        let (stream, _) = listener.accept().await.unwrap();
+        ferrows::accept_with(stream, server, |_| Ok(ferrows::Accept::new()))
+            .await
+            .unwrap()
+    };
+    let connect = async {
+        let tcp = small_buffer_connect(addr).await;
+        ClientBuilder::new(format!("ws://{addr}/"))
+            .config(client)
+            .connect_on(tcp)
+            .await
+            .unwrap()
+            .0
+    };
+    within("handshake", async { tokio::join!(accept, connect) }).await
+}
+
 /// A pair with default settings.
 pub(crate) async fn default_pair() -> (WebSocket<TcpStream>, ClientWs) {
     pair(Config::default(), Config::default()).await
