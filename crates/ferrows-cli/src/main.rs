@@ -1,15 +1,8 @@
 //! `ferrows`: ready-made WebSocket servers and tools.
 
-mod chat;
-mod connect;
-mod decode;
 mod echo;
 mod env;
-mod hub;
 mod net;
-mod pages;
-mod probe;
-mod trace;
 
 use std::net::IpAddr;
 use std::process::ExitCode;
@@ -33,42 +26,19 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a ready-made server.
-    ///
-    /// With no subcommand: every demo on one port ([::]:9001 by default), a
-    /// landing page at /, and per demo a page and a WebSocket on the same
-    /// path: /echo (echo console), /chat (chat with a synced tick).
     Serve(ServeArgs),
-    /// Decode WebSocket frames from hex bytes: header fields, unmasked
-    /// payload, close code, and what a receiver would object to.
-    Decode(decode::DecodeArgs),
-    /// Compute the Sec-WebSocket-Accept a server must answer to a
-    /// Sec-WebSocket-Key (RFC 6455 §4.2.2).
-    AcceptKey(decode::AcceptKeyArgs),
-    /// Check a server: handshake, echo, payload lengths, fragmentation,
-    /// ping, close and compression, one line per check (exit status 1 if
-    /// any fails).
-    Probe(probe::ProbeArgs),
-    /// An interactive client: send lines from standard input, print what
-    /// arrives (like wscat).
-    Connect(connect::ConnectArgs),
 }
 
-/// `ferrows serve`: a server by name, or with none, all demos on one port.
 #[derive(Args, Debug)]
-#[command(args_conflicts_with_subcommands = true)]
 struct ServeArgs {
     #[command(subcommand)]
-    server: Option<ServerKind>,
-    #[command(flatten)]
-    all: Box<hub::HubArgs>,
+    server: ServerKind,
 }
 
 #[derive(Subcommand, Debug)]
 enum ServerKind {
     /// Echo every message back unchanged (a drop-in for websocket-echo-server).
     Echo(EchoArgs),
-    /// A chat with a synced tick: `msg:<text>` to everyone, `tick:<n>` from one timer (port 9002 by default).
-    Chat(chat::ChatArgs),
 }
 
 /// Settings every server shares.
@@ -92,10 +62,6 @@ struct CommonArgs {
     /// Refuse WebSocket upgrades with 503 beyond this many connections.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_connections: usize,
-    /// Print every connection's opening handshake and frames (both
-    /// directions, prefixed with the peer's address) to stderr.
-    #[arg(long)]
-    trace: bool,
 }
 
 #[derive(Args, Debug)]
@@ -158,18 +124,8 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(ServeArgs {
-            server: Some(ServerKind::Echo(args)),
-            ..
+            server: ServerKind::Echo(args),
         }) => serve_echo(args).await,
-        Command::Serve(ServeArgs {
-            server: Some(ServerKind::Chat(args)),
-            ..
-        }) => chat::serve(args).await,
-        Command::Serve(ServeArgs { server: None, all }) => hub::serve(*all).await,
-        Command::Decode(args) => decode::decode_command(&args),
-        Command::AcceptKey(args) => Ok(decode::accept_key_command(&args)),
-        Command::Probe(args) => probe::probe_command(args).await,
-        Command::Connect(args) => connect::connect_command(args).await,
     }
 }
 
@@ -189,7 +145,6 @@ fn net_options(common: &CommonArgs, config: Config) -> anyhow::Result<NetOptions
         tls,
         max_connections: common.max_connections,
         origins: common.origins.clone(),
-        trace: common.trace,
     })
 }
 
@@ -253,14 +208,7 @@ async fn serve_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
         high_water_mark: to_usize(hwm),
     };
     net::run(listener, opts, move |hs, peer, shutdown| {
-        echo::handle(
-            hs,
-            peer,
-            shutdown,
-            beat.clone(),
-            echo_opts,
-            Some(pages::echo()),
-        )
+        echo::handle(hs, peer, shutdown, beat.clone(), echo_opts, None)
     })
     .await?;
     Ok(ExitCode::SUCCESS)
