@@ -1,14 +1,24 @@
 //! Arbitrary bytes into a server-role and a client-role `Decoder`.
 //!
-//! Input: a configuration byte, a chunking byte, then the wire bytes.
+//! Input: a configuration byte, a chunking byte, then the data.
 //!
 //! - config bit 0: permessage-deflate negotiated;
 //!   bit 1: fragment mode;
 //!   bit 2: the inflater resets after every message (no context takeover);
 //!   bits 3-4: one of four small limit sets;
-//!   bits 5-7: the negotiated window bits (8 + value).
+//!   bit 5: structured mode (below);
+//!   bits 6-7: the negotiated window bits (8, 10, 12 or 15).
 //! - chunking: 0 feeds the bytes one at a time; otherwise pieces of 1 to
 //!   that many bytes, from a fixed pseudo-random sequence.
+//! - data: in raw mode, the wire bytes as they are. In structured mode, a
+//!   list of frames `[b0, n, payload...]` that the target encodes properly
+//!   for each role (masked towards the server): `b0` is the first header
+//!   byte (FIN, RSV1-3, opcode) except that RSV2 means "deflate this payload
+//!   with a real compressor" (RSV2 itself is then cleared); `n` < 240 is the
+//!   payload length, else `(n - 239) * 256`; payload bytes missing at the
+//!   end of the input are zeros. Random bytes rarely make a valid masked,
+//!   fragmented, compressed sequence; this mode reaches the decoder's deeper
+//!   states at once.
 //!
 //! Invariants, for both roles:
 //! - no panic, no endless loop (every item consumes bytes);
@@ -23,8 +33,10 @@
 #![no_main]
 
 use bytes::BytesMut;
-use ferrows_proto::deflate::Decompressor;
-use ferrows_proto::{Decoder, Incoming, Limits, OpCode, ProtocolError, Role};
+use ferrows_proto::deflate::{Compressor, Decompressor};
+use ferrows_proto::{
+    Decoder, FrameHeader, Incoming, Limits, OpCode, ProtocolError, Role, encode_raw_frame,
+};
 use libfuzzer_sys::fuzz_target;
 
 const LIMITS: [(usize, usize, usize); 4] = [
@@ -40,6 +52,7 @@ struct Config {
     deflate: bool,
     fragment_mode: bool,
     no_context_takeover: bool,
+    structured: bool,
     window_bits: u8,
     limits: Limits,
 }
@@ -54,7 +67,8 @@ impl Config {
             deflate: byte & 1 != 0,
             fragment_mode: byte & 2 != 0,
             no_context_takeover: byte & 4 != 0,
-            window_bits: 8 + (byte >> 5),
+            structured: byte & 0x20 != 0,
+            window_bits: [8, 10, 12, 15][usize::from(byte >> 6)],
             limits: Limits::default()
                 .max_message_size(msg)
                 .max_frame_size(frame)
@@ -70,6 +84,40 @@ impl Config {
         d.set_fragment_mode(self.fragment_mode);
         d
     }
+}
+
+/// Structured mode: the frames described by `data`, encoded for `receiver`.
+fn frames(config: &Config, receiver: Role, mut data: &[u8]) -> Vec<u8> {
+    let mut compressor = Compressor::new(config.window_bits, 1, config.no_context_takeover);
+    let mut wire = Vec::new();
+    let mut compressed = BytesMut::new();
+    while let [b0, n, rest @ ..] = data {
+        let len = match *n {
+            n @ 0..240 => usize::from(n),
+            n => usize::from(n - 239) * 256,
+        };
+        let take = len.min(rest.len());
+        let mut payload = rest[..take].to_vec();
+        payload.resize(len, 0);
+        data = &rest[take..];
+        let fin = b0 & 0x80 != 0;
+        let header = FrameHeader {
+            fin,
+            rsv1: b0 & 0x40 != 0,
+            rsv2: false,
+            rsv3: b0 & 0x10 != 0,
+            opcode: OpCode::from_u8(*b0),
+            mask: (receiver == Role::Server).then_some([0x37, 0xfa, 0x21, 0x3d]),
+            payload_len: 0,
+        };
+        if b0 & 0x20 != 0 {
+            compressed.clear();
+            compressor.compress_fragment(&payload, fin, &mut compressed);
+            payload = compressed.to_vec();
+        }
+        encode_raw_frame(header, &payload, &mut wire);
+    }
+    wire
 }
 
 /// Everything a run produced.
@@ -216,6 +264,13 @@ fuzz_target!(|input: &[u8]| {
     };
     let config = Config::new(*config);
     for role in [Role::Server, Role::Client] {
+        let structured;
+        let data = if config.structured {
+            structured = frames(&config, role, data);
+            &structured[..]
+        } else {
+            data
+        };
         let whole = run(config.decoder(role), data, || usize::MAX);
         check(&whole, &config.limits);
         let pieces = run(config.decoder(role), data, sizes(*chunking));
