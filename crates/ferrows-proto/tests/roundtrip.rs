@@ -377,17 +377,15 @@ fn deflate_case() -> impl Strategy<Value = DeflateCase> {
         0..=9u32,
         proptest::sample::select(vec![0usize, 1, 126, 256]),
     )
-        .prop_map(|(snct, cnct, sbits, cbits, level, threshold)| {
-            DeflateCase {
-                params: DeflateParams {
-                    server_no_context_takeover: snct,
-                    client_no_context_takeover: cnct,
-                    server_max_window_bits: sbits,
-                    client_max_window_bits: cbits,
-                },
-                level,
-                threshold,
-            }
+        .prop_map(|(snct, cnct, sbits, cbits, level, threshold)| DeflateCase {
+            params: DeflateParams {
+                server_no_context_takeover: snct,
+                client_no_context_takeover: cnct,
+                server_max_window_bits: sbits,
+                client_max_window_bits: cbits,
+            },
+            level,
+            threshold,
         })
 }
 
