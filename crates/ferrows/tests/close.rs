@@ -652,3 +652,30 @@ async fn close_frame_values_are_built_as_documented() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+#[ignore = "known bug: a client keeps TCP open after the closing handshake until dropped \
+            (protocol.rs ReadCore::poll_await_eof never shuts the write side down)"]
+async fn a_client_closes_tcp_once_the_closing_handshake_is_over() {
+    // RFC 6455 §7.1.1: the server closes TCP first; the client closes its
+    // end once it sees that. Here the client application keeps its
+    // `WebSocket` after `close()` returned; the server must still see the
+    // TCP close at once, not only after its close timeout.
+    let close_timeout = Duration::from_secs(20);
+    let server_config = Config::default().close_timeout(close_timeout);
+    let (mut server, mut client) = common::pair(server_config, Config::default()).await;
+    let server_side = tokio::spawn(async move {
+        let msg = next_msg(&mut server).await;
+        assert!(msg.is_close());
+        let start = std::time::Instant::now();
+        assert!(server.recv().await.is_none());
+        start.elapsed()
+    });
+    within("close", client.close(1000, "")).await.unwrap();
+    let waited = within("server", server_side).await.unwrap();
+    assert!(
+        waited < close_timeout / 2,
+        "the server waited {waited:?} for the client's TCP close"
+    );
+    drop(client);
+}

@@ -314,3 +314,22 @@ async fn fragment_mode_on_the_reading_half() {
         other => panic!("expected two fragments, got {other:?}"),
     }
 }
+
+#[tokio::test]
+#[ignore = "known bug: WsWriter cannot see that the reading half ended (AbnormalClosure), \
+            so its sends still succeed"]
+async fn the_writer_half_fails_once_the_reader_saw_the_connection_end() {
+    let (server, client) = default_pair().await;
+    let (mut reader, mut writer) = server.split();
+    drop(client);
+    let result = within("recv", reader.recv()).await;
+    assert!(
+        matches!(result, Some(Err(Error::AbnormalClosure))),
+        "{result:?}"
+    );
+    assert!(reader.recv().await.is_none());
+    // As `WebSocket::send` documents: `Error::Closed` once the connection
+    // ended.
+    let sent = within("send", writer.send("anyone there?")).await;
+    assert!(matches!(sent, Err(Error::Closed)), "{sent:?}");
+}
