@@ -679,3 +679,80 @@ async fn a_client_closes_tcp_once_the_closing_handshake_is_over() {
     );
     drop(client);
 }
+
+/// A server with `config` and a raw client that never reads, over small
+/// kernel buffers, with the server's queue holding far more than they do.
+async fn server_stuck_behind_a_peer_that_does_not_read(
+    config: Config,
+) -> (ferrows::WebSocket<tokio::net::TcpStream>, RawPeer) {
+    let (listener, addr) = common::small_buffer_listener();
+    let raw = tokio::spawn(async move {
+        let tcp = common::small_buffer_connect(addr).await;
+        RawPeer::handshake(tcp, "").await.0
+    });
+    let (stream, _) = within("accept", listener.accept()).await.unwrap();
+    let mut ws = within("handshake", async {
+        ferrows::Handshake::read(stream, config)
+            .await?
+            .accept()
+            .await
+    })
+    .await
+    .unwrap();
+    let raw = within("raw client", raw).await.unwrap();
+    for _ in 0..100 {
+        ws.queue(vec![0u8; 10_000]).unwrap();
+    }
+    assert!(
+        futures_util::FutureExt::now_or_never(ws.flush()).is_none(),
+        "the socket should be full"
+    );
+    (ws, raw)
+}
+
+#[tokio::test]
+async fn close_times_out_when_the_peer_does_not_even_read() {
+    let close_timeout = Duration::from_secs(3);
+    let (mut ws, _raw) = server_stuck_behind_a_peer_that_does_not_read(
+        Config::default().close_timeout(close_timeout),
+    )
+    .await;
+    tokio::time::pause();
+    let start = Instant::now();
+    // A bound far past the close timeout: on the paused clock it only
+    // fires if close() has no timer of its own.
+    let result = tokio::time::timeout(close_timeout * 10, ws.close(1000, "")).await;
+    let waited = start.elapsed();
+    assert!(
+        matches!(result, Ok(Err(Error::CloseTimeout))),
+        "{result:?} after {waited:?}"
+    );
+    assert!(
+        waited < close_timeout + Duration::from_secs(1),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "known bug: WsWriter::close flushes without a timeout, so it hangs as long as \
+            the peer does not read"]
+async fn the_writer_half_close_is_bounded_when_the_peer_does_not_read() {
+    let close_timeout = Duration::from_secs(3);
+    let (ws, _raw) = server_stuck_behind_a_peer_that_does_not_read(
+        Config::default().close_timeout(close_timeout),
+    )
+    .await;
+    let (mut reader, mut writer) = ws.split();
+    tokio::time::pause();
+    let start = Instant::now();
+    let reader_task = tokio::spawn(async move { reader.recv().await });
+    let result = tokio::time::timeout(close_timeout * 10, writer.close(1000, "")).await;
+    let waited = start.elapsed();
+    assert!(
+        result.is_ok(),
+        "WsWriter::close still waiting after {waited:?}"
+    );
+    // The reading half reports the timeout.
+    let read = reader_task.await.unwrap();
+    assert!(matches!(read, Some(Err(Error::CloseTimeout))), "{read:?}");
+}
