@@ -1,8 +1,12 @@
 //! `ferrows`: ready-made WebSocket servers and tools.
 
+mod connect;
+mod decode;
 mod echo;
 mod env;
 mod net;
+mod probe;
+mod trace;
 
 use std::net::IpAddr;
 use std::process::ExitCode;
@@ -27,6 +31,19 @@ struct Cli {
 enum Command {
     /// Run a ready-made server.
     Serve(ServeArgs),
+    /// Decode WebSocket frames from hex bytes: header fields, unmasked
+    /// payload, close code, and what a receiver would object to.
+    Decode(decode::DecodeArgs),
+    /// Compute the Sec-WebSocket-Accept a server must answer to a
+    /// Sec-WebSocket-Key (RFC 6455 §4.2.2).
+    AcceptKey(decode::AcceptKeyArgs),
+    /// Check a server: handshake, echo, payload lengths, fragmentation,
+    /// ping, close and compression, one line per check (exit status 1 if
+    /// any fails).
+    Probe(probe::ProbeArgs),
+    /// An interactive client: send lines from standard input, print what
+    /// arrives (like wscat).
+    Connect(connect::ConnectArgs),
 }
 
 #[derive(Args, Debug)]
@@ -62,6 +79,10 @@ struct CommonArgs {
     /// Refuse WebSocket upgrades with 503 beyond this many connections.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_connections: usize,
+    /// Print every connection's opening handshake and frames (both
+    /// directions, prefixed with the peer's address) to stderr.
+    #[arg(long)]
+    trace: bool,
 }
 
 #[derive(Args, Debug)]
@@ -126,6 +147,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(ServeArgs {
             server: ServerKind::Echo(args),
         }) => serve_echo(args).await,
+        Command::Decode(args) => decode::decode_command(&args),
+        Command::AcceptKey(args) => Ok(decode::accept_key_command(&args)),
+        Command::Probe(args) => probe::probe_command(args).await,
+        Command::Connect(args) => connect::connect_command(args).await,
     }
 }
 
@@ -145,6 +170,7 @@ fn net_options(common: &CommonArgs, config: Config) -> anyhow::Result<NetOptions
         tls,
         max_connections: common.max_connections,
         origins: common.origins.clone(),
+        trace: common.trace,
     })
 }
 

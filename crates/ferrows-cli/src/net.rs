@@ -13,8 +13,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-/// The stream every server handles: TCP, or TLS when `--tls-cert` is set.
-pub(crate) type Stream = MaybeTlsStream<TcpStream>;
+use crate::trace::{Traced, Tracer};
+
+/// The stream every server handles: TCP, or TLS when `--tls-cert` is set,
+/// traced to stderr with `--trace` (a plain pass-through otherwise).
+pub(crate) type Stream = Traced<MaybeTlsStream<TcpStream>>;
 
 /// How long graceful shutdown waits for connections to close.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -27,6 +30,8 @@ pub(crate) struct NetOptions {
     pub(crate) max_connections: usize,
     /// Allowed `Origin` values; empty: any.
     pub(crate) origins: Vec<String>,
+    /// Print each connection's handshake and frames to stderr (`--trace`).
+    pub(crate) trace: bool,
 }
 
 /// Binds `addr:port` with a large backlog; `::` is dual-stack (IPv4
@@ -146,6 +151,10 @@ where
                     }
                 }
             };
+            let tracer = opts
+                .trace
+                .then(|| Tracer::new(ferrows::Role::Server, format!("[{}] ", display_addr(peer))));
+            let stream = Traced::new(stream, tracer);
             let hs = match Handshake::read(stream, opts.config.clone()).await {
                 Ok(hs) => hs.with_peer_addr(peer),
                 Err(e) => {
@@ -217,6 +226,7 @@ impl Drop for ConnGuard {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
