@@ -263,7 +263,12 @@ impl Decoder {
                 return Err(ProtocolError::ControlFrameTooLong(header.payload_len));
             }
         }
-        let max_frame = self.limits.max_frame_size.min(self.limits.max_message_size);
+        // Control frames are capped at 125 bytes above, whatever the limits.
+        let max_frame = if opcode.is_control() {
+            MAX_CONTROL_PAYLOAD
+        } else {
+            self.limits.max_frame_size.min(self.limits.max_message_size)
+        };
         let len = usize::try_from(header.payload_len)
             .ok()
             .filter(|len| *len <= max_frame)

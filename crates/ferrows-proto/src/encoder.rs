@@ -24,8 +24,6 @@ pub enum EncodeError {
     /// A whole message or a first fragment while a fragmented message is
     /// still being sent.
     FragmentInProgress,
-    /// A continuation fragment with no fragmented message started.
-    NoFragmentInProgress,
     /// `Continuation` or a control opcode where a data opcode is required.
     NotADataOpcode(OpCode),
 }
@@ -40,7 +38,6 @@ impl fmt::Display for EncodeError {
             EncodeError::FragmentInProgress => {
                 f.write_str("a fragmented message is still being sent")
             }
-            EncodeError::NoFragmentInProgress => f.write_str("no fragmented message is being sent"),
             EncodeError::NotADataOpcode(op) => write!(f, "{op} is not a data opcode"),
         }
     }

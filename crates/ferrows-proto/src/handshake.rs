@@ -578,9 +578,20 @@ impl ClientRequest {
                 "header {n:?} is not a valid field"
             )));
         }
-        if !is_safe_field("Host", &self.host) || self.target.bytes().any(|b| b <= b' ') {
+        if !is_safe_field("Host", &self.host) || self.target.bytes().any(|b| b <= b' ' || b == 0x7F)
+        {
             return Err(ClientHandshakeError::InvalidRequest(
                 "invalid host or path".into(),
+            ));
+        }
+        if !is_safe_field("Sec-WebSocket-Key", &self.key)
+            || self
+                .extensions
+                .as_deref()
+                .is_some_and(|e| !is_safe_field("Sec-WebSocket-Extensions", e))
+        {
+            return Err(ClientHandshakeError::InvalidRequest(
+                "invalid key or extension offer".into(),
             ));
         }
         let mut s = format!(
@@ -1109,6 +1120,9 @@ mod tests {
             accept_key(req.key.as_bytes())
         );
         req.headers = vec![("X".into(), "a\r\nb".into())];
+        assert!(req.encode().is_err());
+        req.headers.clear();
+        req.extensions = Some("permessage-deflate\r\nX-Injected: 1".into());
         assert!(req.encode().is_err());
     }
 

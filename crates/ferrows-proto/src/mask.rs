@@ -19,9 +19,22 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
             *b ^= k;
         }
     }
-    // `head` is a whole number of blocks, a multiple of 4, so the key phase
-    // for the tail is unchanged.
-    for (b, k) in tail.iter_mut().zip(key.iter().cycle()) {
+    // Whole blocks are a multiple of 4 bytes, so the key phase is unchanged
+    // for the rest: 8-byte words, then at most 7 bytes.
+    let word = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
+    let mut words = tail.chunks_exact_mut(8);
+    for w in &mut words {
+        if let Ok(bytes) = <[u8; 8]>::try_from(&*w) {
+            w.copy_from_slice(&(u64::from_ne_bytes(bytes) ^ word).to_ne_bytes());
+        }
+    }
+    for (b, k) in words
+        .into_remainder()
+        .iter_mut()
+        .zip(key.iter().chain(key.iter()))
+    {
         *b ^= k;
     }
 }

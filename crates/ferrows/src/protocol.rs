@@ -190,6 +190,12 @@ impl WriteCore {
     }
 }
 
+enum Decoded {
+    Deliver(Message),
+    NeedMore,
+    StateChanged,
+}
+
 enum ReadState {
     Open,
     /// The peer's close arrived: flush our reply (a server also shuts its
@@ -316,43 +322,10 @@ impl ReadCore {
             }
 
             // Open: deliver what the buffer already holds.
-            if !self.decoder.is_mid_message() {
-                self.decoder.set_fragment_mode(self.fragment_mode);
-            }
-            match self.decoder.decode(&mut self.buf) {
-                Ok(Some(item)) => match item {
-                    Incoming::Text(t) => return Poll::Ready(Some(Ok(Message::Text(t)))),
-                    Incoming::Binary(b) => return Poll::Ready(Some(Ok(Message::Binary(b)))),
-                    Incoming::Fragment(f) => return Poll::Ready(Some(Ok(Message::Fragment(f)))),
-                    Incoming::Ping(p) => {
-                        if self.auto_pong {
-                            t.with_write(cx, |w, _, _| {
-                                // Fails only after our close: then no pong is due.
-                                let _ = w.encoder.pong(&p, &mut w.queue);
-                            });
-                        }
-                        return Poll::Ready(Some(Ok(Message::Ping(p))));
-                    }
-                    Incoming::Pong(p) => return Poll::Ready(Some(Ok(Message::Pong(p)))),
-                    Incoming::Close(frame) => {
-                        // Echo the peer's code (RFC 6455 §5.5.1); an empty
-                        // close gets an empty close.
-                        let reply = frame.as_ref().map(|f| CloseFrame::new(f.code, ""));
-                        t.with_write(cx, |w, _, _| w.close_once(reply.as_ref()));
-                        self.timer = None;
-                        self.state = ReadState::Replying(frame);
-                        continue;
-                    }
-                },
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "failing the connection");
-                    let frame = CloseFrame::new(e.close_code(), e.close_reason());
-                    t.with_write(cx, |w, _, _| w.close_once(Some(&frame)));
-                    self.timer = None;
-                    self.state = ReadState::Failing(Some(Error::Protocol(e)));
-                    continue;
-                }
+            match self.decode_buffered(t, cx) {
+                Decoded::Deliver(msg) => return Poll::Ready(Some(Ok(msg))),
+                Decoded::StateChanged => continue,
+                Decoded::NeedMore => {}
             }
 
             // The buffer is exhausted: write what the messages delivered so
@@ -397,6 +370,64 @@ impl ReadCore {
                     self.state = ReadState::Done;
                     return Poll::Ready(Some(Err(Error::Io(e))));
                 }
+            }
+        }
+    }
+
+    /// A message already in the read buffer, without any I/O: `None` if the
+    /// buffer holds no complete message (or the connection is closing; the
+    /// next `poll_next` carries on).
+    pub(crate) fn try_next<T: Transport>(&mut self, t: &mut T) -> Option<Result<Message, Error>> {
+        if !matches!(self.state, ReadState::Open) {
+            return None;
+        }
+        // Only encoding happens through the context here (pongs, close
+        // replies); the next real poll registers the real waker.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.decode_buffered(t, &mut cx) {
+            Decoded::Deliver(msg) => Some(Ok(msg)),
+            Decoded::StateChanged | Decoded::NeedMore => None,
+        }
+    }
+
+    /// Decodes the next item from the read buffer (Open state).
+    fn decode_buffered<T: Transport>(&mut self, t: &mut T, cx: &mut Context<'_>) -> Decoded {
+        if !self.decoder.is_mid_message() {
+            self.decoder.set_fragment_mode(self.fragment_mode);
+        }
+        match self.decoder.decode(&mut self.buf) {
+            Ok(Some(item)) => Decoded::Deliver(match item {
+                Incoming::Text(t) => Message::Text(t),
+                Incoming::Binary(b) => Message::Binary(b),
+                Incoming::Fragment(f) => Message::Fragment(f),
+                Incoming::Ping(p) => {
+                    if self.auto_pong {
+                        t.with_write(cx, |w, _, _| {
+                            // Fails only after our close: then no pong is due.
+                            let _ = w.encoder.pong(&p, &mut w.queue);
+                        });
+                    }
+                    Message::Ping(p)
+                }
+                Incoming::Pong(p) => Message::Pong(p),
+                Incoming::Close(frame) => {
+                    // Echo the peer's code (RFC 6455 §5.5.1); an empty close
+                    // gets an empty close.
+                    let reply = frame.as_ref().map(|f| CloseFrame::new(f.code, ""));
+                    t.with_write(cx, |w, _, _| w.close_once(reply.as_ref()));
+                    self.timer = None;
+                    self.state = ReadState::Replying(frame);
+                    return Decoded::StateChanged;
+                }
+            }),
+            Ok(None) => Decoded::NeedMore,
+            Err(e) => {
+                tracing::debug!(error = %e, "failing the connection");
+                let frame = CloseFrame::new(e.close_code(), e.close_reason());
+                t.with_write(cx, |w, _, _| w.close_once(Some(&frame)));
+                self.timer = None;
+                self.state = ReadState::Failing(Some(Error::Protocol(e)));
+                Decoded::StateChanged
             }
         }
     }

@@ -179,6 +179,19 @@ where
         read.poll_next(&mut t, cx)
     }
 
+    /// A message that has already arrived, without waiting and without any
+    /// I/O; `None` if no complete message is buffered.
+    ///
+    /// After `recv()` returns, more messages from the same read are often
+    /// waiting in the buffer: handling them all with `try_recv()` before
+    /// going back to a `select!` over several sources costs far less than a
+    /// `select!` per message. Errors and the closing handshake are left to
+    /// the next `recv()`, which reports them.
+    pub fn try_recv(&mut self) -> Option<Result<Message>> {
+        let (read, mut t) = self.parts();
+        read.try_next(&mut t)
+    }
+
     /// Sends a message and flushes it to the transport.
     ///
     /// Waits while more than the write high-water mark is queued. Sending a
@@ -522,6 +535,15 @@ impl<S: AsyncRead + AsyncWrite> WsReader<S> {
             shared: &self.shared,
         };
         self.read.poll_next(&mut t, cx)
+    }
+
+    /// See [`WebSocket::try_recv`].
+    pub fn try_recv(&mut self) -> Option<Result<Message>> {
+        let mut t = Halves {
+            io: &mut self.io,
+            shared: &self.shared,
+        };
+        self.read.try_next(&mut t)
     }
 
     /// See [`WebSocket::set_fragment_mode`].
