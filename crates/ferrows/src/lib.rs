@@ -47,6 +47,12 @@
 //!   TLS roots), [`client_handshake`] over any stream.
 //! * Fragments: [`WebSocket::set_fragment_mode`] to receive frames as they
 //!   complete, and [`Message::Fragment`] to send a message in pieces.
+//! * Callback server, as Python's `websocket_server`: [`Server`] with
+//!   `on_connect`/`on_message`/`on_disconnect` closures and a
+//!   [`ServerHandle`] to send, broadcast and disconnect ([`callback`]).
+//! * Event client, as ESP-IDF's `esp_websocket_client`: [`EventClient`]
+//!   with [`Event`]s, sends with a timeout, ping/pong watch, reconnection
+//!   with backoff and an inactivity timeout ([`event_client`]).
 //! * [`Config`]: limits, backpressure, timeouts, compression; every default
 //!   documented.
 //!
@@ -63,9 +69,11 @@
 )]
 
 mod broadcast;
+pub mod callback;
 mod client;
 mod config;
 mod error;
+pub mod event_client;
 mod message;
 mod protocol;
 mod server;
@@ -75,9 +83,11 @@ pub mod tls;
 mod websocket;
 
 pub use broadcast::{Hub, Member, Prepared, SendError};
+pub use callback::{Server, ServerHandle};
 pub use client::{ClientBuilder, WsUrl, client_handshake, connect};
 pub use config::Config;
 pub use error::{Error, Result};
+pub use event_client::{Event, EventClient};
 pub use message::Message;
 pub use server::{Accept, Handshake, Reject, accept, accept_with, serve, serve_with};
 pub use stream::MaybeTlsStream;
