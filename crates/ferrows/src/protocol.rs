@@ -22,7 +22,8 @@ use crate::message::Message;
 const MIN_READ: usize = 8 * 1024;
 /// At most this many slices per vectored write.
 const MAX_IOVECS: usize = 64;
-/// Idle buffers above this capacity are released.
+/// Idle buffers above this capacity are released: all of them, so an idle
+/// connection holds no buffer memory (one allocation per burst is the price).
 const KEEP_IDLE: usize = 0;
 
 /// Where the reader gets bytes and how it reaches the write side.
@@ -51,10 +52,19 @@ pub(crate) struct WriteCore {
     pub(crate) shut_down: bool,
     /// A write failed; every later write fails too.
     pub(crate) broken: bool,
+    /// The read side finished the connection (closing handshake over, or
+    /// the connection lost): nothing more can be sent.
+    pub(crate) ended: bool,
+    /// The close timeout, for closes started from the write side.
+    pub(crate) close_timeout: Duration,
 }
 
 impl WriteCore {
-    pub(crate) fn new(encoder: Encoder, high_water_mark: usize) -> WriteCore {
+    pub(crate) fn new(
+        encoder: Encoder,
+        high_water_mark: usize,
+        close_timeout: Duration,
+    ) -> WriteCore {
         WriteCore {
             encoder,
             queue: WriteQueue::new(),
@@ -62,12 +72,14 @@ impl WriteCore {
             close_sent_at: None,
             shut_down: false,
             broken: false,
+            ended: false,
+            close_timeout,
         }
     }
 
     /// Encodes `msg` into the queue.
     pub(crate) fn encode(&mut self, msg: Message) -> Result<(), Error> {
-        if self.broken {
+        if self.broken || self.ended {
             return Err(Error::Closed);
         }
         let q = &mut self.queue;
@@ -89,7 +101,7 @@ impl WriteCore {
 
     /// Encodes a prepared message, sharing its frame when possible.
     pub(crate) fn encode_prepared(&mut self, prepared: &Prepared) -> Result<(), Error> {
-        if self.broken {
+        if self.broken || self.ended {
             return Err(Error::Closed);
         }
         if let Some((opcode, frame)) = prepared.server_frame() {
@@ -160,7 +172,7 @@ impl WriteCore {
         io: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), Error>> {
-        if self.encoder.is_closed() || self.broken {
+        if self.encoder.is_closed() || self.broken || self.ended {
             return Poll::Ready(Err(Error::Closed));
         }
         if self.queue.len() < self.high_water_mark {
@@ -249,6 +261,26 @@ impl ReadCore {
         matches!(self.state, ReadState::Done)
     }
 
+    /// Ends the connection: the write side learns nothing more can be sent,
+    /// and sends its FIN now (a client whose server closed first, a peer
+    /// that vanished) rather than when the socket is dropped, so the other
+    /// end is not left waiting for it.
+    fn finish<T: Transport>(&mut self, t: &mut T, cx: &mut Context<'_>) {
+        self.state = ReadState::Done;
+        self.timer = None;
+        self.buf = BytesMut::new();
+        t.with_write(cx, |w, io, cx| {
+            w.ended = true;
+            if !w.shut_down && !w.broken {
+                // One attempt: if the socket cannot take it now, dropping
+                // the stream closes it anyway.
+                if let Poll::Ready(Ok(())) = Pin::new(io).poll_shutdown(cx) {
+                    w.shut_down = true;
+                }
+            }
+        });
+    }
+
     /// Bytes received but not yet delivered.
     pub(crate) fn buffered(&self) -> usize {
         self.buf.len()
@@ -335,12 +367,12 @@ impl ReadCore {
                 (flush, w.queue.len() >= w.high_water_mark, w.close_sent_at)
             });
             if let Poll::Ready(Err(e)) = flush {
-                self.state = ReadState::Done;
+                self.finish(t, cx);
                 return Poll::Ready(Some(Err(Error::Io(e))));
             }
             if let Some(sent) = close_sent_at {
                 if self.poll_timer(cx, || sent + timeout).is_ready() {
-                    self.state = ReadState::Done;
+                    self.finish(t, cx);
                     return Poll::Ready(Some(Err(Error::CloseTimeout)));
                 }
             }
@@ -362,12 +394,12 @@ impl ReadCore {
                     return Poll::Pending;
                 }
                 Poll::Ready(Ok(0)) => {
-                    self.state = ReadState::Done;
+                    self.finish(t, cx);
                     return Poll::Ready(Some(Err(Error::AbnormalClosure)));
                 }
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => {
-                    self.state = ReadState::Done;
+                    self.finish(t, cx);
                     return Poll::Ready(Some(Err(Error::Io(e))));
                 }
             }
@@ -453,12 +485,11 @@ impl ReadCore {
                 // EOF, or an error: either way the connection is over.
                 Poll::Ready(_) => {}
             }
-            self.buf = BytesMut::new();
-            self.timer = None;
             let ReadState::AwaitEof(err) = std::mem::replace(&mut self.state, ReadState::Done)
             else {
                 return Poll::Ready(None);
             };
+            self.finish(t, cx);
             return Poll::Ready(err.map(Err));
         }
     }

@@ -82,9 +82,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     ///
     /// # Errors
     ///
-    /// [`Error::Handshake`] for a malformed or oversized head (the 400 or
-    /// 431 response was written), [`Error::HandshakeTimeout`], [`Error::Io`].
+    /// [`Error::Config`] for invalid settings (checked before anything is
+    /// read), [`Error::Handshake`] for a malformed or oversized head (the
+    /// 400 or 431 response was written), [`Error::HandshakeTimeout`],
+    /// [`Error::Io`].
     pub async fn read(mut io: S, config: Config) -> Result<Handshake<S>> {
+        if let Err(e) = config.validate() {
+            // The client deserves an answer: 500, best effort.
+            let refusal = HandshakeError::new(500, "server misconfigured").to_response();
+            let _ = tokio::time::timeout(config.handshake_timeout, io.write_all(&refusal)).await;
+            return Err(e);
+        }
         let limits = config.handshake_limits;
         let deadline = config.handshake_timeout;
         let read = async {

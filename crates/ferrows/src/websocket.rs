@@ -108,7 +108,7 @@ pub(crate) fn build_cores(
             config.auto_pong,
             config.close_timeout,
         ),
-        WriteCore::new(encoder, config.write_high_water_mark),
+        WriteCore::new(encoder, config.write_high_water_mark, config.close_timeout),
     )
 }
 
@@ -595,13 +595,22 @@ impl<S: AsyncRead + AsyncWrite> WsWriter<S> {
         std::future::poll_fn(|cx| self.poll_flush_queue(cx)).await
     }
 
-    /// Sends a close frame and flushes. The reading half sees the peer's
-    /// answer and then the end of the stream.
+    /// Sends a close frame and flushes it, within the close timeout. The
+    /// reading half sees the peer's answer and then the end of the stream.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CloseTimeout`] if the peer does not read the frame in time,
+    /// [`Error::Io`] if writing fails.
     pub async fn close(&mut self, code: impl Into<CloseCode>, reason: &str) -> Result<()> {
-        lock(&self.shared)
-            .core
-            .close_once(Some(&CloseFrame::new(code, reason)));
-        self.flush().await
+        let timeout = {
+            let mut shared = lock(&self.shared);
+            shared.core.close_once(Some(&CloseFrame::new(code, reason)));
+            shared.core.close_timeout
+        };
+        tokio::time::timeout(timeout, self.flush())
+            .await
+            .map_err(|_| Error::CloseTimeout)?
     }
 
     /// Bytes queued and not yet written.

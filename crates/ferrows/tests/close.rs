@@ -654,8 +654,6 @@ async fn close_frame_values_are_built_as_documented() {
 }
 
 #[tokio::test]
-#[ignore = "known bug: a client keeps TCP open after the closing handshake until dropped \
-            (protocol.rs ReadCore::poll_await_eof never shuts the write side down)"]
 async fn a_client_closes_tcp_once_the_closing_handshake_is_over() {
     // RFC 6455 §7.1.1: the server closes TCP first; the client closes its
     // end once it sees that. Here the client application keeps its
@@ -734,8 +732,6 @@ async fn close_times_out_when_the_peer_does_not_even_read() {
 }
 
 #[tokio::test]
-#[ignore = "known bug: WsWriter::close flushes without a timeout, so it hangs as long as \
-            the peer does not read"]
 async fn the_writer_half_close_is_bounded_when_the_peer_does_not_read() {
     let close_timeout = Duration::from_secs(3);
     let (ws, _raw) = server_stuck_behind_a_peer_that_does_not_read(

@@ -316,8 +316,6 @@ async fn fragment_mode_on_the_reading_half() {
 }
 
 #[tokio::test]
-#[ignore = "known bug: WsWriter cannot see that the reading half ended (AbnormalClosure), \
-            so its sends still succeed"]
 async fn the_writer_half_fails_once_the_reader_saw_the_connection_end() {
     let (server, client) = default_pair().await;
     let (mut reader, mut writer) = server.split();
