@@ -13,10 +13,12 @@
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     let key = rotate_key(key, offset);
     let (head, tail) = buf.split_at_mut(buf.len() - buf.len() % BLOCK);
-    let wide = widen(key);
-    for block in head.chunks_exact_mut(BLOCK) {
-        for (b, k) in block.iter_mut().zip(wide.iter()) {
-            *b ^= k;
+    if !head.is_empty() {
+        let wide = widen(key);
+        for block in head.chunks_exact_mut(BLOCK) {
+            for (b, k) in block.iter_mut().zip(wide.iter()) {
+                *b ^= k;
+            }
         }
     }
     // Whole blocks are a multiple of 4 bytes, so the key phase is unchanged

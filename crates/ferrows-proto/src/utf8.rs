@@ -73,6 +73,11 @@ impl Utf8Validator {
             }
             input = rest;
         }
+        // Most text is ASCII: a word-at-a-time check is far cheaper than a
+        // full validation, notably for short messages.
+        if input.is_ascii() {
+            return Ok(());
+        }
         match from_utf8(input) {
             Ok(_) => Ok(()),
             Err(e) if e.error_len().is_none() => {
@@ -108,6 +113,9 @@ const fn sequence_len(lead: u8) -> usize {
 
 /// Validates a complete text in one call.
 pub fn validate(input: &[u8]) -> Result<(), Utf8Error> {
+    if input.is_ascii() {
+        return Ok(());
+    }
     simdutf8::basic::from_utf8(input)
         .map(|_| ())
         .map_err(|_| Utf8Error)
