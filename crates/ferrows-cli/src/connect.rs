@@ -133,6 +133,11 @@ pub(crate) async fn open_stream(
     if !url.secure {
         return Ok(MaybeTlsStream::Plain(tcp));
     }
+    let hint = if tls.is_none() {
+        " (a private or self-signed certificate needs --ca FILE, or --insecure)"
+    } else {
+        ""
+    };
     let config = match tls {
         Some(c) => c,
         None => ferrows::tls::client_config()?,
@@ -142,7 +147,7 @@ pub(crate) async fn open_stream(
     let tls = ferrows::tls::tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
-        .context("TLS handshake")?;
+        .with_context(|| format!("TLS handshake{hint}"))?;
     Ok(MaybeTlsStream::ClientTls(Box::new(tls)))
 }
 
@@ -186,7 +191,7 @@ impl Console {
         match &self.printer {
             Some(p) => {
                 let mut lines = String::new();
-                for line in text.lines() {
+                for line in text.split('\n') {
                     lines.push_str("< ");
                     lines.push_str(line);
                     lines.push('\n');
@@ -669,6 +674,13 @@ pub(crate) async fn connect_command(args: ConnectArgs) -> anyhow::Result<ExitCod
     };
 
     let end = match end {
+        Some(Ok(ReadEnd::OutputClosed)) => {
+            // Nobody reads our output any more: close politely and stop.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), writer.close(CloseCode::NORMAL, ""))
+                    .await;
+            return Ok(ExitCode::SUCCESS);
+        }
         Some(end) => end,
         None => {
             if let Some((code, reason)) = &close {

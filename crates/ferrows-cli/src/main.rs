@@ -33,6 +33,14 @@ enum Command {
     Serve(ServeArgs),
     /// Decode WebSocket frames from hex bytes: header fields, unmasked
     /// payload, close code, and what a receiver would object to.
+    ///
+    /// Per frame: FIN, RSV1-3, the opcode, MASK and the masking key, the
+    /// payload length and its encoding (7, 16 or 64-bit), the payload
+    /// unmasked as hex and as text, a close frame's code and reason.
+    /// Malformed input is explained (a truncated header or payload, a
+    /// reserved opcode, a control frame over 125 bytes...) with the close
+    /// code a receiver would fail the connection with. Exit status: 0 for
+    /// well-formed frames, 1 otherwise.
     Decode(decode::DecodeArgs),
     /// Compute the Sec-WebSocket-Accept a server must answer to a
     /// Sec-WebSocket-Key (RFC 6455 §4.2.2).
@@ -40,9 +48,25 @@ enum Command {
     /// Check a server: handshake, echo, payload lengths, fragmentation,
     /// ping, close and compression, one line per check (exit status 1 if
     /// any fails).
+    ///
+    /// The handshake is checked on the raw response bytes: the status, CRLF
+    /// line endings, Upgrade and Connection, the Sec-WebSocket-Accept value
+    /// as sent (a trailing newline is named), stray bytes after the head.
+    /// Then: text and binary echo, 125, 126 and 65536-byte payloads (the
+    /// three length encodings), a fragmented message, ping/pong, the close
+    /// handshake and the TCP close, and a permessage-deflate offer. A server
+    /// that does not echo gets SKIP on the echo checks, not FAIL.
     Probe(probe::ProbeArgs),
     /// An interactive client: send lines from standard input, print what
     /// arrives (like wscat).
+    ///
+    /// Text arrives on stdout as is (control characters escaped), binary
+    /// as hex; status lines go to stderr. Commands: /ping [data],
+    /// /pong [data], /close [code [reason]], /binary HEX, /help; a line
+    /// starting with // sends the rest. End of input closes with 1000. On
+    /// close it prints `closed: CODE REASON` and exits 0 for 1000 and
+    /// 1001, 1 otherwise. On a terminal, lines can be edited and recalled
+    /// (history).
     Connect(connect::ConnectArgs),
 }
 

@@ -900,6 +900,134 @@ fn trace_on_the_server_prefixes_the_peer() {
     );
 }
 
+#[test]
+fn connect_pings_at_the_interval() {
+    let server = EchoServer::start(&[]);
+    let out = run(
+        &[
+            "connect",
+            "--trace",
+            "--ping-interval",
+            "0.2",
+            &server.url(),
+            "-x",
+            "hi",
+            "-w",
+            "1.1",
+        ],
+        Input::Open,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // Ticks at 0.2, 0.4 ... 1.0 s: at least 3 even on a loaded machine.
+    let pings = lines_containing(&out.stderr, " > ping ");
+    assert!(pings.len() >= 3, "{}", out.stderr);
+    assert!(pings[0].contains("| \"ferrows-1\""), "{}", pings[0]);
+    assert!(
+        lines_containing(&out.stderr, " < pong ").len() >= 2,
+        "{}",
+        out.stderr
+    );
+}
+
+/// A scratch directory, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "ferrows-tools-{name}-{}-{:?}",
+            std::process::id(),
+            Instant::now()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A self-signed certificate for localhost and 127.0.0.1, made with the
+/// `openssl` command (Debian package openssl).
+fn self_signed(dir: &TempDir) -> (String, String) {
+    let config = dir.0.join("openssl.cnf");
+    std::fs::write(
+        &config,
+        "[req]\ndistinguished_name = dn\nx509_extensions = ext\nprompt = no\n\
+         [dn]\nCN = localhost\n\
+         [ext]\nbasicConstraints = critical, CA:FALSE\n\
+         subjectAltName = DNS:localhost, IP:127.0.0.1\n\
+         keyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth\n",
+    )
+    .unwrap();
+    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .arg("-config")
+        .arg(&config)
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl to make a test certificate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        cert.to_str().unwrap().to_owned(),
+        key.to_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn probe_and_connect_over_tls() {
+    let dir = TempDir::new("tls");
+    let (cert, key) = self_signed(&dir);
+    let server = EchoServer::start(&["--tls-cert", &cert, "--tls-key", &key]);
+    let url = format!("wss://localhost:{}/", server.port);
+
+    let out = run(&["probe", "--ca", &cert, &url], Input::Open);
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+    assert!(
+        lines_starting(&out.stdout, "PASS  connect ")[0].contains("(TLS)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("result: PASS (16 pass, 0 fail"),
+        "{}",
+        out.stdout
+    );
+
+    let out = run(&["connect", "--ca", &cert, &url], Input::Bytes(b"secret\n"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout, "secret\n");
+    let out = run(
+        &["connect", "--insecure", &url],
+        Input::Bytes(b"any cert\n"),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout, "any cert\n");
+    // Without the CA, the certificate is refused.
+    let out = run(&["connect", &url, "-x", "no"], Input::Open);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("TLS handshake"), "{}", out.stderr);
+    let out = run(&["probe", &url], Input::Open);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        lines_starting(&out.stdout, "FAIL  connect ")[0].contains("certificate"),
+        "{}",
+        out.stdout
+    );
+}
+
 fn lines_containing<'a>(text: &'a str, needle: &str) -> Vec<&'a str> {
     text.lines().filter(|l| l.contains(needle)).collect()
 }
