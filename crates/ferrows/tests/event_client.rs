@@ -403,6 +403,49 @@ async fn reconnects_with_exponential_backoff() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_server_close_is_followed_by_a_reconnection() {
+    let start = Instant::now();
+    let (client, mut events, mut pipes) = start_piped(
+        builder("ws://device.local/")
+            .reconnect(true)
+            .backoff(Backoff::new(Duration::from_secs(2), Duration::from_secs(8), 2.0).jitter(0.0)),
+        64 * 1024,
+        vec![],
+    );
+    let server = tokio::spawn(async move {
+        let mut ws = pipes.accept(Config::default()).await;
+        ws.close(1012, "service restart").await.unwrap();
+        let mut ws = pipes.accept(Config::default()).await;
+        ws.send("back").await.unwrap();
+        while let Some(Ok(_)) = ws.recv().await {}
+        pipes.attempts.load(Ordering::SeqCst)
+    });
+    assert!(matches!(
+        timed(&mut events, start).await.0,
+        Event::Connected { .. }
+    ));
+    let (e, _) = timed(&mut events, start).await;
+    assert_eq!(
+        error_kind(&e),
+        &ErrorKind::ServerClose {
+            code: CloseCode::SERVICE_RESTART,
+            reason: "service restart".into()
+        }
+    );
+    let (e, at) = timed(&mut events, start).await;
+    assert_eq!(closed(&e), (1012, "service restart"));
+    assert!(!client.is_connected());
+    let (e, reconnected_at) = timed(&mut events, start).await;
+    assert!(matches!(e, Event::Connected { .. }), "{e:?}");
+    assert_at(reconnected_at - at, 2.0);
+    assert_eq!(data(&timed(&mut events, start).await.0).1, b"back");
+    client.close(1000, "").await;
+    assert_eq!(closed(&timed(&mut events, start).await.0), (1000, ""));
+    assert!(matches!(timed(&mut events, start).await.0, Event::Finish));
+    assert_eq!(server.await.unwrap(), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_backoff_starts_over_after_a_successful_connection() {
     let start = Instant::now();
     let (client, mut events, mut pipes) = start_piped(
@@ -598,6 +641,53 @@ async fn pongs_keep_the_connection_alive() {
     }
     client.close(1000, "").await;
     assert_eq!(closed(&timed(&mut events, start).await.0), (1000, ""));
+    server.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_event_consumer_does_not_cause_a_pong_timeout() {
+    let (client, mut events, mut pipes) = start_piped(
+        builder("ws://device.local/")
+            .event_capacity(1)
+            .ping_interval(Some(Duration::from_secs(1)))
+            .pingpong_timeout(Some(Duration::from_secs(2)))
+            .inactivity_timeout(Some(Duration::from_secs(3))),
+        64 * 1024,
+        vec![],
+    );
+    let server = tokio::spawn(async move {
+        let mut ws = pipes.accept(Config::default()).await;
+        for i in 0..10 {
+            ws.feed(format!("m{i}")).await.unwrap();
+        }
+        ws.flush().await.unwrap();
+        while let Some(Ok(_)) = ws.recv().await {}
+    });
+    // Not reading events for a while: the client stops reading its
+    // socket, where the pongs wait behind the data.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(client.is_connected());
+    assert!(matches!(
+        events.recv().await.unwrap(),
+        Event::Connected { .. }
+    ));
+    let mut texts = Vec::new();
+    while texts.len() < 10 {
+        match events.recv().await.unwrap() {
+            Event::Data {
+                opcode: OpCode::Text,
+                data,
+                ..
+            } => texts.push(data),
+            Event::Data {
+                opcode: OpCode::Pong,
+                ..
+            } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(texts[9], Bytes::from("m9"));
+    client.close(1000, "").await;
     server.await.unwrap();
 }
 
