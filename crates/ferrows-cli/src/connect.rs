@@ -547,6 +547,39 @@ impl Drop for TerminalGuard {
     }
 }
 
+/// Ctrl-C: SIGINT, caught from creation on (so none is missed between
+/// connecting and the first wait).
+struct Interrupt {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Interrupt {
+    fn new() -> Interrupt {
+        Interrupt {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// Resolves at the next Ctrl-C.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        match self.signal.as_mut() {
+            Some(signal) => {
+                if signal.recv().await.is_none() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// `ferrows connect`.
 pub(crate) async fn connect_command(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     let ws = open(&args).await?;
@@ -558,6 +591,8 @@ pub(crate) async fn connect_command(args: ConnectArgs) -> anyhow::Result<ExitCod
         info.push_str(&format!(", {}", d.to_header_value()));
     }
 
+    // Catch Ctrl-C (SIGINT) from now on, before anything is printed.
+    let mut interrupt = Interrupt::new();
     let interactive = args.execute.is_empty();
     let edit = interactive && io::stdin().is_terminal() && io::stdout().is_terminal();
     let _terminal = edit.then(TerminalGuard::new);
@@ -594,8 +629,6 @@ pub(crate) async fn connect_command(args: ConnectArgs) -> anyhow::Result<ExitCod
     let wait = tokio::time::sleep(Duration::from_secs(86_400));
     tokio::pin!(wait);
     let mut waiting = false;
-    let interrupt = tokio::signal::ctrl_c();
-    tokio::pin!(interrupt);
 
     let end = loop {
         // -x: send the next message; after the last, wait for replies.
@@ -610,25 +643,19 @@ pub(crate) async fn connect_command(args: ConnectArgs) -> anyhow::Result<ExitCod
             }
             None
         };
-        let line = match line {
-            Some(line) => Some(line),
+        // Interval pings are tracked when sent; those the user asked for
+        // below.
+        let mut tick = false;
+        let action = match line {
+            Some(line) => parse_line(&line, args.binary, commands),
             None => tokio::select! {
                 end = &mut reading => break Some(end),
                 input = input_rx.recv(), if interactive => match input {
-                    Some(Input::Line(line)) => Some(line),
-                    Some(Input::Interrupted) | None => {
-                        close = Some((CloseCode::NORMAL, String::new()));
-                        break None;
-                    }
+                    Some(Input::Line(line)) => parse_line(&line, args.binary, commands),
+                    Some(Input::Interrupted) | None => Action::Close(CloseCode::NORMAL, String::new()),
                 },
-                () = &mut wait, if waiting => {
-                    close = Some((CloseCode::NORMAL, String::new()));
-                    break None;
-                }
-                _ = &mut interrupt => {
-                    close = Some((CloseCode::NORMAL, String::new()));
-                    break None;
-                }
+                () = &mut wait, if waiting => Action::Close(CloseCode::NORMAL, String::new()),
+                () = interrupt.recv() => Action::Close(CloseCode::NORMAL, String::new()),
                 _ = async {
                     match ticker.as_mut() {
                         Some(t) => t.tick().await,
@@ -636,6 +663,7 @@ pub(crate) async fn connect_command(args: ConnectArgs) -> anyhow::Result<ExitCod
                     }
                 } => {
                     ping_seq += 1;
+                    tick = true;
                     let payload = Bytes::from(format!("ferrows-{ping_seq}"));
                     if let Ok(mut q) = pings.lock() {
                         if let Some((p, _, _)) = q.iter().find(|(_, _, asked)| !asked) {
@@ -644,22 +672,28 @@ pub(crate) async fn connect_command(args: ConnectArgs) -> anyhow::Result<ExitCod
                         q.retain(|(_, _, asked)| *asked);
                         q.push_back((payload.clone(), Instant::now(), false));
                     }
-                    if writer.send(Message::Ping(payload)).await.is_err() {
-                        break None;
-                    }
-                    None
+                    Action::Send(Message::Ping(payload))
                 }
             },
         };
-        let Some(line) = line else { continue };
-        match parse_line(&line, args.binary, commands) {
+        match action {
             Action::Send(msg) => {
-                if let Message::Ping(p) = &msg {
+                if let (Message::Ping(p), false) = (&msg, tick) {
                     if let Ok(mut q) = pings.lock() {
                         q.push_back((p.clone(), Instant::now(), true));
                     }
                 }
-                if let Err(e) = writer.send(msg).await {
+                // A peer that stops reading blocks the send: stay
+                // interruptible, and notice when the connection ends.
+                let sent = tokio::select! {
+                    sent = writer.send(msg) => sent,
+                    end = &mut reading => break Some(end),
+                    () = interrupt.recv() => {
+                        close = Some((CloseCode::NORMAL, String::new()));
+                        break None;
+                    }
+                };
+                if let Err(e) = sent {
                     console.status(&format!("cannot send: {e}"));
                     break None;
                 }
@@ -683,14 +717,16 @@ pub(crate) async fn connect_command(args: ConnectArgs) -> anyhow::Result<ExitCod
         }
         Some(end) => end,
         None => {
+            let grace = Config::default().close_timeout + Duration::from_secs(1);
             if let Some((code, reason)) = &close {
-                if let Err(e) = writer.close(*code, reason).await {
-                    tracing::debug!(error = %e, "sending the close frame failed");
+                match tokio::time::timeout(grace, writer.close(*code, reason)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "sending the close frame failed"),
+                    Err(_) => tracing::debug!("the peer does not read: the close frame is stuck"),
                 }
             }
             // The reader sees the peer's close, then the end; the library
             // bounds that by its close timeout.
-            let grace = Config::default().close_timeout + Duration::from_secs(1);
             match tokio::time::timeout(grace, &mut reading).await {
                 Ok(end) => end,
                 Err(_) => {

@@ -7,7 +7,7 @@
 //! would send).
 
 use std::fmt::Write as _;
-use std::io::Read as _;
+use std::io::{IsTerminal as _, Read as _};
 use std::process::ExitCode;
 
 use base64::Engine as _;
@@ -116,6 +116,9 @@ fn compute_accept(key: &str) -> (String, Vec<String>) {
 /// malformed or a receiver would fail the connection on it.
 pub(crate) fn decode_command(args: &DecodeArgs) -> anyhow::Result<ExitCode> {
     let sources: Vec<(String, String)> = if args.hex.is_empty() {
+        if std::io::stdin().is_terminal() {
+            eprintln!("reading hex from standard input (end with Ctrl-D)");
+        }
         let mut text = String::new();
         std::io::stdin()
             .read_to_string(&mut text)

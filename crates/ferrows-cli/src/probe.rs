@@ -156,7 +156,9 @@ impl Probe {
             self.passed.push(name.to_owned());
         }
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{verdict}  {name:<18} {detail}");
+        // Details quote what the server sent: keep terminal controls out.
+        let detail = detail.to_string();
+        let _ = writeln!(out, "{verdict}  {name:<18} {}", escape_controls(&detail));
         let _ = out.flush();
     }
 
@@ -175,7 +177,6 @@ impl Probe {
 
     fn request(&self, extensions: Option<String>) -> ClientRequest {
         let mut req = ClientRequest::new(self.url.host_header(), self.url.target.clone());
-        req.key = generate_key();
         req.protocols = self.protocols.clone();
         req.headers = self.headers.clone();
         req.extensions = extensions;
@@ -304,7 +305,7 @@ impl Probe {
             }
             Err(HandshakeFailure::Response(e)) => {
                 self.record(Verdict::Pass, "connect", self.url.host_header());
-                self.record(Verdict::Fail, "handshake", e);
+                self.record(Verdict::Fail, "response", e);
                 return false;
             }
         };
@@ -316,11 +317,15 @@ impl Probe {
         );
         let resp = &hs.response;
         if resp.status() != 101 {
-            let detail = format!(
+            let mut detail = format!(
                 "the server answered {} {}, not 101 Switching Protocols",
                 resp.status(),
                 escape_controls(resp.reason())
             );
+            if !hs.leftover.is_empty() {
+                let body = hs.leftover.get(..200).unwrap_or(&hs.leftover);
+                detail.push_str(&format!("; the body starts with {}", quoted(body)));
+            }
             self.record(Verdict::Fail, "status", detail);
             return false;
         }

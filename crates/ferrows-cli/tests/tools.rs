@@ -816,6 +816,43 @@ fn connect_exit_status_follows_the_close_code() {
 }
 
 #[test]
+fn connect_closes_with_1000_on_sigint() {
+    let server = EchoServer::start(&[]);
+    let mut child = Command::new(BIN)
+        .args(["connect", &server.url()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
+    assert!(first.starts_with("connected to "), "{first}");
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + RUN_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("connect did not exit after SIGINT");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let mut rest = String::new();
+    let _ = stderr.read_to_string(&mut rest);
+    assert_eq!(status.code(), Some(0), "{rest}");
+    assert!(rest.contains("closed: 1000 (normal closure)"), "{rest}");
+    assert!(server.log_with("close=1000").contains("close=1000"));
+}
+
+#[test]
 fn connect_refuses_a_bad_handshake() {
     let server = BrokenServer::start(Broken::NewlineAccept);
     let out = run(
