@@ -256,18 +256,16 @@ fn decode(bytes: &[u8], role: Option<RoleArg>, deflate: bool) -> Report {
             out.push_str("receiver: client (frames must not be masked)\n");
             Role::Client
         }
-        None => {
-            match bytes.get(1) {
-                Some(b) if b & 0x80 == 0 => {
-                    out.push_str("receiver: client, guessed from the first frame's MASK bit (0); --role says\n");
-                    Role::Client
-                }
-                _ => {
-                    out.push_str("receiver: server, guessed from the first frame's MASK bit (1); --role says\n");
-                    Role::Server
-                }
+        None => match bytes.get(1) {
+            Some(b) if b & 0x80 == 0 => {
+                out.push_str("receiver: client, guessed from the first frame's MASK bit (0); --role sets it\n");
+                Role::Client
             }
-        }
+            _ => {
+                out.push_str("receiver: server, guessed from the first frame's MASK bit (1); --role sets it\n");
+                Role::Server
+            }
+        },
     };
     if deflate {
         out.push_str("permessage-deflate: negotiated (--deflate)\n");
@@ -351,10 +349,18 @@ impl Walk {
         let available = rest.len().saturating_sub(header_len);
         let complete = available >= payload_len;
         let frame_len = header_len.saturating_add(payload_len);
+        let size = if complete {
+            bytes(frame_len)
+        } else {
+            format!(
+                "{} of {}",
+                bytes(rest.len()),
+                (header_len as u64).saturating_add(header.payload_len)
+            )
+        };
         let _ = writeln!(
             self.out,
-            "\nframe {index} at byte {offset}: {} bytes (header {header_len}, payload {})",
-            if complete { frame_len } else { rest.len() },
+            "\nframe {index} at byte {offset}: {size} (header {header_len}, payload {})",
             header.payload_len
         );
         self.header_fields(&header, header_len);

@@ -45,7 +45,9 @@ fn run(args: &[&str], input: Input<'_>) -> Output {
         .expect("the binary starts");
     let mut stdin = child.stdin.take();
     if let (Input::Bytes(bytes), Some(mut s)) = (&input, stdin.take()) {
-        // Small inputs fit the pipe buffer: no writer thread needed.
+        // Writing all of it before reading the output cannot deadlock:
+        // decode reads its whole input before writing, and connect's inputs
+        // here are a few bytes.
         s.write_all(bytes).unwrap();
     }
     let out = reader(child.stdout.take().unwrap());
