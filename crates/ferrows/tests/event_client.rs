@@ -211,6 +211,38 @@ async fn a_refused_handshake_reports_the_http_status() {
 }
 
 #[tokio::test]
+async fn headers_and_subprotocols_are_offered() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/telemetry", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut ws = ferrows::accept_with(stream, Config::default(), |req| {
+            assert_eq!(req.path(), "/telemetry");
+            assert_eq!(req.header("x-device"), Some("esp32-7"));
+            assert_eq!(req.subprotocols().collect::<Vec<_>>(), ["v2.lab", "v1.lab"]);
+            Ok(ferrows::Accept::new().protocol("v1.lab"))
+        })
+        .await
+        .unwrap();
+        while let Some(Ok(_)) = ws.recv().await {}
+    });
+    let (client, mut events) = builder(&url)
+        .header("X-Device", "esp32-7")
+        .protocol("v2.lab")
+        .protocol("v1.lab")
+        .start()
+        .unwrap();
+    match next(&mut events).await {
+        Event::Connected { response } => {
+            assert_eq!(response.header("sec-websocket-protocol"), Some("v1.lab"));
+        }
+        other => panic!("{other:?}"),
+    }
+    within("close", client.close(1000, "")).await;
+    within("server", server).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_refused_connection_is_a_transport_error() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/", listener.local_addr().unwrap());
