@@ -17,7 +17,6 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Args;
 use ferrows::tls::rustls::ClientConfig;
-use ferrows::tls::rustls::pki_types::ServerName;
 use ferrows::{
     ClientBuilder, CloseCode, CloseFrame, Config, MaybeTlsStream, Message, Role, WebSocket,
     WsReader, WsUrl,
@@ -121,34 +120,31 @@ pub(crate) fn tls_config(
     }
 }
 
-/// Opens TCP, then TLS for wss://.
+/// Opens TCP, then TLS for wss://, naming the fix for a certificate the
+/// default roots do not trust.
 pub(crate) async fn open_stream(
     url: &WsUrl,
     tls: Option<Arc<ClientConfig>>,
 ) -> anyhow::Result<MaybeTlsStream<TcpStream>> {
-    let tcp = TcpStream::connect((url.host.as_str(), url.port))
-        .await
-        .with_context(|| format!("cannot connect to {}", url.host_header()))?;
-    let _ = tcp.set_nodelay(true);
-    if !url.secure {
-        return Ok(MaybeTlsStream::Plain(tcp));
-    }
     let hint = if tls.is_none() {
         " (a private or self-signed certificate needs --ca FILE, or --insecure)"
     } else {
         ""
     };
-    let config = match tls {
-        Some(c) => c,
-        None => ferrows::tls::client_config()?,
-    };
-    let name = ServerName::try_from(url.host.clone())
-        .map_err(|e| anyhow::anyhow!("server name {:?}: {e}", url.host))?;
-    let tls = ferrows::tls::tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .with_context(|| format!("TLS handshake{hint}"))?;
-    Ok(MaybeTlsStream::ClientTls(Box::new(tls)))
+    let mut builder = ClientBuilder::new(url.to_string());
+    if let Some(config) = tls {
+        builder = builder.tls_config(config);
+    }
+    match builder.open_stream().await {
+        Ok(stream) => Ok(stream),
+        Err(ferrows::Error::Io(e)) => {
+            Err(anyhow::Error::new(e).context(format!("cannot connect to {}", url.host_header())))
+        }
+        Err(e @ ferrows::Error::Tls(_)) => {
+            Err(anyhow::Error::new(e).context(format!("TLS handshake{hint}")))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 type Ws = WebSocket<Traced<MaybeTlsStream<TcpStream>>>;

@@ -63,6 +63,7 @@ impl CloseCode {
             1001 => "going away",
             1002 => "protocol error",
             1003 => "unsupported data",
+            1004 => "reserved",
             1005 => "no status received",
             1006 => "abnormal closure",
             1007 => "invalid frame payload data",

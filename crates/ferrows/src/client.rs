@@ -255,9 +255,7 @@ impl ClientBuilder {
         let request = self.request()?;
         let timeout = self.config.handshake_timeout;
         let work = async {
-            let tcp = TcpStream::connect((url.host.as_str(), url.port)).await?;
-            tcp.set_nodelay(true)?;
-            let stream = self.wrap_tls(&url, tcp).await?;
+            let stream = self.open_stream_to(&url).await?;
             handshake_inner(stream, &request, &self.config).await
         };
         tokio::time::timeout(timeout, work)
@@ -279,11 +277,28 @@ impl ClientBuilder {
         client_handshake(io, &request, &self.config).await
     }
 
-    #[cfg(feature = "tls")]
-    async fn wrap_tls(&self, url: &WsUrl, tcp: TcpStream) -> Result<MaybeTlsStream<TcpStream>> {
+    /// Opens the transport the URL asks for — TCP with `TCP_NODELAY`, then
+    /// TLS for `wss://` — without the WebSocket handshake: for wrapping the
+    /// stream (tracing, metering) before [`ClientBuilder::connect_on`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Url`], [`Error::Io`], [`Error::Tls`].
+    pub async fn open_stream(&self) -> Result<MaybeTlsStream<TcpStream>> {
+        self.open_stream_to(&self.url()?).await
+    }
+
+    async fn open_stream_to(&self, url: &WsUrl) -> Result<MaybeTlsStream<TcpStream>> {
+        let tcp = TcpStream::connect((url.host.as_str(), url.port)).await?;
+        tcp.set_nodelay(true)?;
         if !url.secure {
             return Ok(MaybeTlsStream::Plain(tcp));
         }
+        self.wrap_tls(url, tcp).await
+    }
+
+    #[cfg(feature = "tls")]
+    async fn wrap_tls(&self, url: &WsUrl, tcp: TcpStream) -> Result<MaybeTlsStream<TcpStream>> {
         let config = match &self.tls {
             Some(c) => c.clone(),
             None => crate::tls::client_config()?,
@@ -298,13 +313,10 @@ impl ClientBuilder {
     }
 
     #[cfg(not(feature = "tls"))]
-    async fn wrap_tls(&self, url: &WsUrl, tcp: TcpStream) -> Result<MaybeTlsStream<TcpStream>> {
-        if url.secure {
-            return Err(Error::Tls(
-                "wss:// needs ferrows built with the `tls` feature".into(),
-            ));
-        }
-        Ok(MaybeTlsStream::Plain(tcp))
+    async fn wrap_tls(&self, _url: &WsUrl, _tcp: TcpStream) -> Result<MaybeTlsStream<TcpStream>> {
+        Err(Error::Tls(
+            "wss:// needs ferrows built with the `tls` feature".into(),
+        ))
     }
 }
 
