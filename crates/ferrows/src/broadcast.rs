@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use ferrows_proto::{CloseFrame, OpCode, encode_server_frame};
@@ -118,7 +119,34 @@ struct HubInner {
 
 struct Slot {
     tx: mpsc::Sender<Prepared>,
-    lagged: Arc<AtomicBool>,
+    lagged: Arc<LagSignal>,
+}
+
+/// Set when a member is dropped for being too slow, waking whoever waits
+/// for it — the member's queue is full then, so its `recv()` would only
+/// notice after draining everything.
+#[derive(Default)]
+struct LagSignal {
+    lagged: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl LagSignal {
+    fn set(&self) {
+        self.lagged.store(true, Ordering::Release);
+        let waker = self
+            .waker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.lagged.load(Ordering::Acquire)
+    }
 }
 
 impl fmt::Debug for Hub {
@@ -175,7 +203,7 @@ impl Hub {
     pub fn join(&self) -> Member {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.inner.capacity);
-        let lagged = Arc::new(AtomicBool::new(false));
+        let lagged = Arc::new(LagSignal::default());
         self.members().insert(
             id,
             Slot {
@@ -203,7 +231,7 @@ impl Hub {
                     true
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    slot.lagged.store(true, Ordering::Relaxed);
+                    slot.lagged.set();
                     false
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -223,7 +251,7 @@ impl Hub {
         match slot.tx.try_send(message.into()) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
-                slot.lagged.store(true, Ordering::Relaxed);
+                slot.lagged.set();
                 members.remove(&id);
                 Err(SendError::Lagged)
             }
@@ -263,7 +291,7 @@ impl Hub {
 pub struct Member {
     id: u64,
     rx: mpsc::Receiver<Prepared>,
-    lagged: Arc<AtomicBool>,
+    lagged: Arc<LagSignal>,
     hub: std::sync::Weak<HubInner>,
 }
 
@@ -296,7 +324,37 @@ impl Member {
 
     /// Whether this member was removed for being too slow.
     pub fn is_lagged(&self) -> bool {
-        self.lagged.load(Ordering::Relaxed)
+        self.lagged.is_set()
+    }
+
+    /// Polls for the member being removed as too slow: ready as soon as it
+    /// happens, even while its (full) queue is not being read.
+    pub fn poll_lagged(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.lagged.is_set() {
+            return Poll::Ready(());
+        }
+        {
+            let mut slot = self
+                .lagged
+                .waker
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *slot = Some(cx.waker().clone());
+            }
+        }
+        // Set between the first check and the registration: don't sleep.
+        if self.lagged.is_set() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Resolves once the member has been removed as too slow (see
+    /// [`Member::poll_lagged`]). Never resolves for a member that keeps up.
+    pub async fn lagged(&self) {
+        std::future::poll_fn(|cx| self.poll_lagged(cx)).await;
     }
 }
 
@@ -331,7 +389,29 @@ mod tests {
         }
         assert!(slow.is_lagged());
         assert!(!fast.is_lagged());
+        // Told at once, without draining the full queue.
+        tokio::time::timeout(std::time::Duration::from_secs(5), slow.lagged())
+            .await
+            .unwrap();
         assert_eq!(hub.ids(), vec![fast.id()]);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_member_is_woken_when_dropped_as_too_slow() {
+        let hub = Hub::new(1);
+        let slow = hub.join();
+        let waiter = tokio::spawn(async move {
+            slow.lagged().await;
+            slow.is_lagged()
+        });
+        tokio::task::yield_now().await;
+        hub.broadcast("fills the queue");
+        hub.broadcast("overflows it");
+        let lagged = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(lagged);
     }
 
     #[tokio::test]

@@ -67,7 +67,7 @@ use ferrows_proto::handshake::Request;
 use ferrows_proto::{CloseCode, CloseFrame};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::task::JoinSet;
-use tokio::time::{Instant, Sleep};
+
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::broadcast::{Hub, Member, Prepared, SendError};
@@ -81,10 +81,6 @@ use crate::websocket::WebSocket;
 const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 /// Default for [`Server::max_clients`].
 const DEFAULT_MAX_CLIENTS: usize = 10_000;
-/// While a client's write buffer is over the high-water mark its task stops
-/// taking messages from its queue; this is how often it then checks
-/// whether the queue overflowed meanwhile.
-const LAG_CHECK: Duration = Duration::from_millis(50);
 /// At most this many queued messages are moved to the write buffer per
 /// wake-up, so one busy connection cannot monopolise a worker thread.
 const PULL_BUDGET: usize = 256;
@@ -627,7 +623,6 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         member: Some(member),
         control,
         shutdown: Box::pin(token.cancelled_owned()),
-        lag_timer: None,
         high_water_mark: shared.config.write_high_water_mark,
     };
     let close = conn.serve(&shared, &client).await;
@@ -671,7 +666,6 @@ struct Conn {
     member: Option<Member>,
     control: Arc<Control>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-    lag_timer: Option<Pin<Box<Sleep>>>,
     high_water_mark: usize,
 }
 
@@ -793,20 +787,17 @@ impl Conn {
                 Poll::Pending => {}
             }
             if self.ws.buffered_amount() >= self.high_water_mark {
-                // Waiting for the socket. The queue is not being drained,
-                // so check now and then whether it overflowed.
-                let timer = self
-                    .lag_timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(LAG_CHECK)));
-                while timer.as_mut().poll(cx).is_ready() {
-                    if self.member.as_ref().is_some_and(Member::is_lagged) {
-                        return Poll::Ready(Step::Close(self.queue_ended()));
-                    }
-                    timer.as_mut().reset(Instant::now() + LAG_CHECK);
+                // Waiting for the socket while the queue is not drained:
+                // the hub wakes us if it drops this client as too slow.
+                if self
+                    .member
+                    .as_ref()
+                    .is_some_and(|m| m.poll_lagged(cx).is_ready())
+                {
+                    return Poll::Ready(Step::Close(self.queue_ended()));
                 }
                 return Poll::Pending;
             }
-            self.lag_timer = None;
             if queue_waiting {
                 return Poll::Pending;
             }
