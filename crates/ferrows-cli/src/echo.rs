@@ -35,7 +35,7 @@ pub(crate) fn heartbeat(interval: Duration) -> watch::Receiver<u64> {
 }
 
 /// Handles one request on the echo server: a WebSocket upgrade is echoed,
-/// anything else gets `page` (or 426 when there is none).
+/// anything else gets `page` (the echo console; 426 when there is none).
 pub(crate) async fn handle(
     hs: Handshake<Stream>,
     peer: SocketAddr,
@@ -45,13 +45,12 @@ pub(crate) async fn handle(
     page: Option<&'static str>,
 ) {
     if !hs.request().is_upgrade() {
-        let _ = match page {
-            Some(html) => {
-                hs.respond(200, &[], "text/html; charset=utf-8", html.as_bytes())
-                    .await
+        match page {
+            Some(html) => crate::pages::respond_page(hs, peer, html).await,
+            None => {
+                let _ = hs.reject(426, "Upgrade Required").await;
             }
-            None => hs.reject(426, "Upgrade Required").await,
-        };
+        }
         return;
     }
     let path = hs.request().target().to_owned();
@@ -122,18 +121,35 @@ pub(crate) async fn echo(
             }
             Step::Received(Some(Ok(msg))) => {
                 alive = true;
-                match msg {
-                    Message::Text(_) | Message::Binary(_) => {
-                        if ws.queue(msg).is_err() {
-                            return CloseCode::ABNORMAL;
+                // Echo everything this read brought in before going back to
+                // select! (one select! per read, not per message), up to
+                // the high-water mark.
+                let mut next = Some(msg);
+                while let Some(msg) = next.take() {
+                    match msg {
+                        Message::Text(_) | Message::Binary(_) => {
+                            let queued = ws.queue(msg);
+                            if queued.is_err() {
+                                return CloseCode::ABNORMAL;
+                            }
+                        }
+                        Message::Close(frame) => {
+                            // recv() already answered; wait for the TCP close.
+                            while ws.recv().await.is_some() {}
+                            return frame.map_or(CloseCode::NO_STATUS, |f| f.code);
+                        }
+                        _ => {}
+                    }
+                    if ws.buffered_amount() < opts.high_water_mark {
+                        match ws.try_recv() {
+                            Some(Ok(more)) => next = Some(more),
+                            Some(Err(e)) => {
+                                tracing::debug!(error = %e, "connection failed");
+                                return e.close_code().unwrap_or(CloseCode::ABNORMAL);
+                            }
+                            None => {}
                         }
                     }
-                    Message::Close(frame) => {
-                        // recv() already answered; wait for the TCP close.
-                        while ws.recv().await.is_some() {}
-                        return frame.map_or(CloseCode::NO_STATUS, |f| f.code);
-                    }
-                    _ => {}
                 }
             }
         }

@@ -1,10 +1,13 @@
 //! `ferrows`: ready-made WebSocket servers and tools.
 
+mod chat;
 mod connect;
 mod decode;
 mod echo;
 mod env;
+mod hub;
 mod net;
+mod pages;
 mod probe;
 mod trace;
 
@@ -30,6 +33,10 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a ready-made server.
+    ///
+    /// With no subcommand: every demo on one port ([::]:9001 by default), a
+    /// landing page at /, and per demo a page and a WebSocket on the same
+    /// path: /echo (echo console), /chat (chat with a synced tick).
     Serve(ServeArgs),
     /// Decode WebSocket frames from hex bytes: header fields, unmasked
     /// payload, close code, and what a receiver would object to.
@@ -70,16 +77,22 @@ enum Command {
     Connect(connect::ConnectArgs),
 }
 
+/// `ferrows serve`: a server by name, or with none, all demos on one port.
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 struct ServeArgs {
     #[command(subcommand)]
-    server: ServerKind,
+    server: Option<ServerKind>,
+    #[command(flatten)]
+    all: Box<hub::HubArgs>,
 }
 
 #[derive(Subcommand, Debug)]
 enum ServerKind {
     /// Echo every message back unchanged (a drop-in for websocket-echo-server).
     Echo(EchoArgs),
+    /// A chat with a synced tick: `msg:<text>` to everyone, `tick:<n>` from one timer (port 9002 by default).
+    Chat(chat::ChatArgs),
 }
 
 /// Settings every server shares.
@@ -169,8 +182,14 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(ServeArgs {
-            server: ServerKind::Echo(args),
+            server: Some(ServerKind::Echo(args)),
+            ..
         }) => serve_echo(args).await,
+        Command::Serve(ServeArgs {
+            server: Some(ServerKind::Chat(args)),
+            ..
+        }) => chat::serve(args).await,
+        Command::Serve(ServeArgs { server: None, all }) => hub::serve(*all).await,
         Command::Decode(args) => decode::decode_command(&args),
         Command::AcceptKey(args) => Ok(decode::accept_key_command(&args)),
         Command::Probe(args) => probe::probe_command(args).await,
@@ -258,7 +277,14 @@ async fn serve_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
         high_water_mark: to_usize(hwm),
     };
     net::run(listener, opts, move |hs, peer, shutdown| {
-        echo::handle(hs, peer, shutdown, beat.clone(), echo_opts, None)
+        echo::handle(
+            hs,
+            peer,
+            shutdown,
+            beat.clone(),
+            echo_opts,
+            Some(pages::echo()),
+        )
     })
     .await?;
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,439 @@
+//! `ferrows serve chat` (also `/chat` of `ferrows serve`): a chat with a
+//! synced tick, in the `cmd:data` text format of the classic demo.
+//!
+//! Every text message a client sends goes to every client, sender
+//! included, as `msg:<text>`; a single timer task sends `tick:<n>` to all
+//! (n counts from 0 since the server started, the same n for everyone);
+//! joins and leaves are announced as `msg:* client <id> joined|left`.
+//!
+//! Fan-out goes through a [`Hub`]: each client has a bounded queue of
+//! messages (`--queue`), and reading from it stops while the client's
+//! socket is backed up (its write buffer holds [`HIGH_WATER_MARK`] bytes).
+//! A client that falls further behind is dropped from the hub and closed
+//! with 1008, so a slow client never slows the others down or grows the
+//! server's memory.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use ferrows::{CloseCode, Config, Handshake, Hub, Member, Message, Prepared, WebSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::net::{self, Stream, display_addr};
+use crate::{CommonArgs, echo, pages};
+
+/// Stop taking messages from a client's queue while this many bytes are
+/// waiting to be written to its socket.
+pub(crate) const HIGH_WATER_MARK: usize = 64 * 1024;
+
+/// How often a connection whose socket is backed up checks whether it was
+/// dropped from the hub for being too slow.
+const LAG_CHECK: Duration = Duration::from_millis(100);
+
+/// The shortest tick accepted.
+const MIN_TICK: Duration = Duration::from_millis(10);
+
+/// The longest tick accepted (a day).
+const MAX_TICK: Duration = Duration::from_secs(24 * 3600);
+
+/// `ferrows serve chat`.
+#[derive(Args, Debug)]
+pub(crate) struct ChatArgs {
+    /// Address to listen on; `::` is dual-stack (IPv4 and IPv6)
+    #[arg(long, value_name = "ADDR", default_value = "::")]
+    bind: IpAddr,
+    /// Port to listen on; 0 picks a free one
+    #[arg(long, value_name = "PORT", default_value_t = 9002)]
+    port: u16,
+    #[command(flatten)]
+    room: RoomArgs,
+    /// Close with 1009 on larger messages (bytes)
+    #[arg(long, value_name = "BYTES", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
+    max_message_size: u64,
+    /// Ping every client this often (ms); terminate those silent since the last ping
+    #[arg(long, value_name = "MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    heartbeat_interval: u64,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// Settings of a chat room, shared by `serve chat` and `serve`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct RoomArgs {
+    /// Send `tick:<n>` to every client this often (e.g. 500ms, 2s, 1m); 0 disables
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_tick)]
+    pub(crate) tick: Tick,
+    /// Messages queued per client; a client that falls further behind is closed with 1008
+    #[arg(long, value_name = "MESSAGES", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) queue: u64,
+}
+
+/// The tick period; `None`: no tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tick(pub(crate) Option<Duration>);
+
+/// Parses `--tick`: `0` (off), or a number with a unit: `500ms`, `2s`,
+/// `1.5s`, `1m`.
+pub(crate) fn parse_tick(text: &str) -> Result<Tick, String> {
+    const HELP: &str = "expected a duration like 500ms, 2s or 1m, or 0 to disable";
+    let text = text.trim();
+    let unit_at = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(unit_at);
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !(fraction.is_empty() || digits(fraction)) || number.ends_with('.') {
+        return Err(format!("{text:?}: {HELP}"));
+    }
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "" if whole.bytes().all(|b| b == b'0') && fraction.is_empty() => 1,
+        "" => return Err(format!("{text:?} has no unit: {HELP}")),
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}; {HELP}")),
+    };
+    // Milliseconds, with at most three decimals (1.5s = 1500ms).
+    let too_long = || format!("{text:?} is too long; the longest tick is 24h");
+    let whole: u64 = whole.parse().map_err(|_| too_long())?;
+    let mut millis = whole.checked_mul(unit_ms).ok_or_else(too_long)?;
+    if !fraction.is_empty() {
+        if fraction.len() > 3 {
+            return Err(format!("{text:?}: at most three decimals"));
+        }
+        let scale = 10u64.pow(u32::try_from(fraction.len()).unwrap_or(3));
+        let frac: u64 = fraction.parse().map_err(|_| format!("{text:?}: {HELP}"))?;
+        let extra = frac.saturating_mul(unit_ms);
+        if extra % scale != 0 {
+            return Err(format!("{text:?} is not a whole number of milliseconds"));
+        }
+        millis = millis.checked_add(extra / scale).ok_or_else(too_long)?;
+    }
+    if millis == 0 {
+        return Ok(Tick(None));
+    }
+    let period = Duration::from_millis(millis);
+    if period < MIN_TICK {
+        return Err(format!("{text:?} is too short; the shortest tick is 10ms"));
+    }
+    if period > MAX_TICK {
+        return Err(too_long());
+    }
+    Ok(Tick(Some(period)))
+}
+
+/// A chat room: the hub of its clients and the timer that ticks them.
+/// Clones share the room; the timer stops when the last clone is dropped.
+#[derive(Clone)]
+pub(crate) struct Room {
+    hub: Hub,
+    _ticker: Option<Arc<AbortOnDrop>>,
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Room {
+    /// Opens a room whose clients queue at most `queue` messages each, and
+    /// starts its tick (on the current tokio runtime).
+    pub(crate) fn start(tick: Tick, queue: usize) -> Room {
+        let hub = Hub::new(queue);
+        let ticker = tick
+            .0
+            .map(|every| Arc::new(AbortOnDrop(tokio::spawn(tick_loop(hub.clone(), every)))));
+        Room {
+            hub,
+            _ticker: ticker,
+        }
+    }
+
+    /// The room from its flags.
+    pub(crate) fn from_args(args: &RoomArgs) -> Room {
+        let queue = usize::try_from(args.queue).unwrap_or(usize::MAX);
+        tracing::info!(tick = ?args.tick.0, queue, "chat room open");
+        Room::start(args.tick, queue)
+    }
+}
+
+/// Sends `tick:<n>` to every member every `every`, n counting from 0 (sent
+/// at start). One task for all, so every client sees the same n. A late
+/// timer delays the next tick rather than bursting.
+async fn tick_loop(hub: Hub, every: Duration) {
+    let mut timer = tokio::time::interval(every);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        timer.tick().await;
+        hub.broadcast(format!("tick:{n}"));
+        n = n.wrapping_add(1);
+    }
+}
+
+/// Handles one request on a chat path: a WebSocket upgrade joins the room,
+/// a plain request gets the chat page.
+pub(crate) async fn handle(
+    mut hs: Handshake<Stream>,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+    room: Room,
+    beat: watch::Receiver<u64>,
+) {
+    if !hs.request().is_upgrade() {
+        pages::respond_page(hs, peer, pages::chat()).await;
+        return;
+    }
+    let path = hs.request().path().to_owned();
+    hs.config_mut().write_high_water_mark = HIGH_WATER_MARK;
+    let mut ws = match hs.accept().await {
+        Ok(ws) => ws,
+        Err(e) => {
+            tracing::info!(peer = %display_addr(peer), error = %e, "handshake refused");
+            return;
+        }
+    };
+    let mut member = room.hub.join();
+    let id = member.id();
+    tracing::info!(peer = %display_addr(peer), %path, client = id, compression = ws.compression().is_some(), "open");
+    room.hub.broadcast(format!("msg:* client {id} joined"));
+    let code = session(&mut ws, &mut member, &room.hub, shutdown, beat, peer).await;
+    drop(member);
+    room.hub.broadcast(format!("msg:* client {id} left"));
+    // After a close frame from the peer: wait for the TCP close (bounded
+    // by the close timeout), after the notice so no one waits for it.
+    while ws.recv().await.is_some() {}
+    tracing::info!(peer = %display_addr(peer), client = id, close = %code, "closed");
+}
+
+enum Step {
+    Shutdown,
+    Beat,
+    Queued(Option<Prepared>),
+    LagCheck,
+    Flushed(ferrows::Result<()>),
+    Received(Option<ferrows::Result<Message>>),
+}
+
+/// Runs one client until its connection ends; returns the close code that
+/// ended it, for the log.
+async fn session(
+    ws: &mut WebSocket<Stream>,
+    member: &mut Member,
+    hub: &Hub,
+    mut shutdown: watch::Receiver<bool>,
+    mut beat: watch::Receiver<u64>,
+    peer: SocketAddr,
+) -> CloseCode {
+    // Only the next heartbeat tick counts, not one from before we joined.
+    beat.borrow_and_update();
+    let mut alive = true;
+    let mut binary_seen = 0u64;
+    loop {
+        // Backed up: stop taking from the hub queue (it fills, and the hub
+        // drops us if it overflows) and stop reading (recv would not read
+        // either); just write.
+        let backed_up = ws.buffered_amount() >= HIGH_WATER_MARK;
+        let io = async {
+            if backed_up {
+                Step::Flushed(ws.flush().await)
+            } else {
+                Step::Received(ws.recv().await)
+            }
+        };
+        // Unbiased: neither a busy room nor a chatty client starves the
+        // other direction.
+        let step = tokio::select! {
+            _ = shutdown.changed() => Step::Shutdown,
+            _ = beat.changed() => Step::Beat,
+            queued = member.recv(), if !backed_up => Step::Queued(queued),
+            _ = tokio::time::sleep(LAG_CHECK), if backed_up => Step::LagCheck,
+            step = io => step,
+        };
+        match step {
+            Step::Shutdown => {
+                let _ = ws
+                    .close(CloseCode::GOING_AWAY, "server shutting down")
+                    .await;
+                return CloseCode::GOING_AWAY;
+            }
+            Step::Beat => {
+                if !alive {
+                    // Terminate without a close frame: the peer sees 1006.
+                    tracing::info!(peer = %display_addr(peer), client = member.id(), "no sign of life since the last ping: terminating");
+                    return CloseCode::ABNORMAL;
+                }
+                alive = false;
+                if ws.queue(Message::Ping(bytes::Bytes::new())).is_err() {
+                    return CloseCode::ABNORMAL;
+                }
+            }
+            Step::Queued(Some(prepared)) => {
+                if ws.queue_prepared(&prepared).is_err() {
+                    return CloseCode::ABNORMAL;
+                }
+                // Take what else is ready, up to the high-water mark; the
+                // next recv() writes it all at once.
+                while ws.buffered_amount() < HIGH_WATER_MARK {
+                    let Some(more) = member.try_recv() else { break };
+                    if ws.queue_prepared(&more).is_err() {
+                        return CloseCode::ABNORMAL;
+                    }
+                }
+            }
+            Step::Queued(None) | Step::LagCheck => {
+                if member.is_lagged() {
+                    tracing::warn!(peer = %display_addr(peer), client = member.id(), "client fell behind by more than its queue: closing with 1008");
+                    let _ = ws
+                        .close(CloseCode::POLICY_VIOLATION, "too slow: fell behind")
+                        .await;
+                    return CloseCode::POLICY_VIOLATION;
+                }
+                if matches!(step, Step::Queued(None)) {
+                    // Removed from the hub without lagging: the room is
+                    // closing.
+                    let _ = ws.close(CloseCode::GOING_AWAY, "chat closed").await;
+                    return CloseCode::GOING_AWAY;
+                }
+            }
+            Step::Flushed(Ok(())) => {}
+            Step::Flushed(Err(_)) | Step::Received(None) => return CloseCode::ABNORMAL,
+            Step::Received(Some(Err(e))) => {
+                tracing::debug!(peer = %display_addr(peer), error = %e, "connection failed");
+                return e.close_code().unwrap_or(CloseCode::ABNORMAL);
+            }
+            Step::Received(Some(Ok(msg))) => {
+                alive = true;
+                match msg {
+                    Message::Text(text) => {
+                        hub.broadcast(format!("msg:{}", text.as_str()));
+                    }
+                    Message::Binary(data) => {
+                        binary_seen += 1;
+                        if binary_seen == 1 {
+                            tracing::info!(peer = %display_addr(peer), client = member.id(), bytes = data.len(), "binary message ignored: the chat protocol is text");
+                        } else {
+                            tracing::debug!(peer = %display_addr(peer), client = member.id(), bytes = data.len(), "binary message ignored");
+                        }
+                    }
+                    Message::Close(frame) => {
+                        // recv() already answered.
+                        return frame.map_or(CloseCode::NO_STATUS, |f| f.code);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// `ferrows serve chat`: the chat alone, its page on every path.
+pub(crate) async fn serve(args: ChatArgs) -> anyhow::Result<ExitCode> {
+    let max_message = usize::try_from(args.max_message_size).unwrap_or(usize::MAX);
+    let config = Config::default()
+        .max_message_size(max_message)
+        .max_frame_size(max_message);
+    let opts = crate::net_options(&args.common, config)?;
+    let listener = net::bind(args.bind, args.port)?;
+    let local = listener.local_addr().context("local address")?;
+    tracing::info!("listening on {}", display_addr(local));
+    let room = Room::from_args(&args.room);
+    let beat = echo::heartbeat(Duration::from_millis(args.heartbeat_interval));
+    net::run(listener, opts, move |hs, peer, shutdown| {
+        handle(hs, peer, shutdown, room.clone(), beat.clone())
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ms(n: u64) -> Tick {
+        Tick(Some(Duration::from_millis(n)))
+    }
+
+    #[test]
+    fn tick_durations() {
+        assert_eq!(parse_tick("1s").unwrap(), ms(1000));
+        assert_eq!(parse_tick("500ms").unwrap(), ms(500));
+        assert_eq!(parse_tick("2s").unwrap(), ms(2000));
+        assert_eq!(parse_tick("1.5s").unwrap(), ms(1500));
+        assert_eq!(parse_tick("0.25s").unwrap(), ms(250));
+        assert_eq!(parse_tick("1m").unwrap(), ms(60_000));
+        assert_eq!(parse_tick(" 100ms ").unwrap(), ms(100));
+        for off in ["0", "0s", "0ms", "000"] {
+            assert_eq!(parse_tick(off).unwrap(), Tick(None), "{off}");
+        }
+    }
+
+    #[test]
+    fn bad_ticks_say_why() {
+        for (bad, why) in [
+            ("", "expected a duration"),
+            ("fast", "expected a duration"),
+            ("5", "no unit"),
+            ("5h", "unknown unit"),
+            ("-1s", "expected a duration"),
+            ("1.s", "expected a duration"),
+            (".5s", "expected a duration"),
+            ("1.0001s", "at most three decimals"),
+            ("0.5ms", "whole number of milliseconds"),
+            ("5ms", "too short"),
+            ("25000m", "too long"),
+            ("99999999999999999999s", "too long"),
+            ("1s1", "unknown unit"),
+        ] {
+            let err = parse_tick(bad).unwrap_err();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_member_gets_the_same_ticks_from_zero() {
+        async fn next(m: &mut Member) -> u64 {
+            let p = tokio::time::timeout(Duration::from_secs(5), m.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let text = p.message().as_text().unwrap();
+            text.strip_prefix("tick:").unwrap().parse().unwrap()
+        }
+        let room = Room::start(ms(20), 64);
+        let mut a = room.hub.join();
+        // The tick task has not run yet (current-thread runtime): a sees
+        // the count from its start.
+        assert_eq!(next(&mut a).await, 0);
+        assert_eq!(next(&mut a).await, 1);
+        let mut b = room.hub.join();
+        let b_first = next(&mut b).await;
+        // a saw every tick in between, and b's ticks are a's from there on.
+        let mut a_now = next(&mut a).await;
+        while a_now < b_first {
+            a_now = next(&mut a).await;
+        }
+        assert_eq!(a_now, b_first);
+        for _ in 0..3 {
+            assert_eq!(next(&mut a).await, next(&mut b).await);
+        }
+        drop(room);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while a.try_recv().is_some() {}
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(a.try_recv().is_none(), "the tick stops with the room");
+    }
+}
