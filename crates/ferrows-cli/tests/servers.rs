@@ -169,8 +169,8 @@ async fn silent_client(server: &Server) -> (Instant, tokio::task::JoinHandle<(Du
 
 #[tokio::test]
 async fn echo_heartbeat_terminates_a_silent_peer_within_two_intervals_and_keeps_an_answering_one() {
-    const INTERVAL: Duration = Duration::from_millis(400);
-    let server = Server::start_with_env(ECHO, &[("HEARTBEAT_INTERVAL", "400")]);
+    const INTERVAL: Duration = Duration::from_millis(500);
+    let server = Server::start_with_env(ECHO, &[("HEARTBEAT_INTERVAL", "500")]);
 
     // The answering client: ferrows answers pings by itself while reading.
     let (mut reader, mut writer) = connect(&server.ws_url("/")).await.split();
@@ -519,6 +519,8 @@ fn assert_consecutive(ticks: &[(u64, Instant)]) {
 async fn chat_clients_see_the_same_tick_n_at_the_same_time() {
     const TICK: Duration = Duration::from_millis(300);
     let server = Server::start(&["serve", "chat", "--port", "0", "--tick", "300ms"]);
+    // Tick 0 went out at start; join well after it.
+    tokio::time::sleep(TICK * 2).await;
     // One after the other, so each one's first notice is its own.
     let (mut a, a_id) = chat_join(&server).await;
     let (mut b, b_id) = chat_join(&server).await;
