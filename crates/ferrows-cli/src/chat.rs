@@ -31,10 +31,6 @@ use crate::{CommonArgs, echo, pages};
 /// waiting to be written to its socket.
 pub(crate) const HIGH_WATER_MARK: usize = 64 * 1024;
 
-/// How often a connection whose socket is backed up checks whether it was
-/// dropped from the hub for being too slow.
-const LAG_CHECK: Duration = Duration::from_millis(100);
-
 /// The shortest tick accepted.
 const MIN_TICK: Duration = Duration::from_millis(10);
 
@@ -222,7 +218,7 @@ enum Step {
     Shutdown,
     Beat,
     Queued(Option<Prepared>),
-    LagCheck,
+    Lagged,
     Flushed(ferrows::Result<()>),
     Received(Option<ferrows::Result<Message>>),
 }
@@ -253,13 +249,22 @@ async fn session(
                 Step::Received(ws.recv().await)
             }
         };
+        // While backed up, the hub queue is left to fill; the hub wakes us
+        // at once if it overflows and we are dropped.
+        let queued = async {
+            if backed_up {
+                member.lagged().await;
+                Step::Lagged
+            } else {
+                Step::Queued(member.recv().await)
+            }
+        };
         // Unbiased: neither a busy room nor a chatty client starves the
         // other direction.
         let step = tokio::select! {
             _ = shutdown.changed() => Step::Shutdown,
             _ = beat.changed() => Step::Beat,
-            queued = member.recv(), if !backed_up => Step::Queued(queued),
-            _ = tokio::time::sleep(LAG_CHECK), if backed_up => Step::LagCheck,
+            step = queued => step,
             step = io => step,
         };
         match step {
@@ -293,7 +298,7 @@ async fn session(
                     }
                 }
             }
-            Step::Queued(None) | Step::LagCheck => {
+            Step::Queued(None) | Step::Lagged => {
                 if member.is_lagged() {
                     tracing::warn!(peer = %display_addr(peer), client = member.id(), "client fell behind by more than its queue: closing with 1008");
                     let _ = ws
