@@ -5,6 +5,7 @@ mod connect;
 mod decode;
 mod echo;
 mod env;
+mod gamepad;
 mod hub;
 mod net;
 mod pages;
@@ -93,6 +94,9 @@ enum ServerKind {
     Echo(EchoArgs),
     /// A chat with a synced tick: `msg:<text>` to everyone, `tick:<n>` from one timer (port 9002 by default).
     Chat(chat::ChatArgs),
+    /// Drive a robot from a browser gamepad, safely: one driver at a time,
+    /// a dead-man stop, outputs to a log, JSON lines or GPIO (port 9003 by default).
+    Gamepad(Box<gamepad::ServeGamepadArgs>),
 }
 
 /// Settings every server shares.
@@ -189,6 +193,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             server: Some(ServerKind::Chat(args)),
             ..
         }) => chat::serve(args).await,
+        Command::Serve(ServeArgs {
+            server: Some(ServerKind::Gamepad(args)),
+            ..
+        }) => gamepad::serve(*args).await,
         Command::Serve(ServeArgs { server: None, all }) => hub::serve(*all).await,
         Command::Decode(args) => decode::decode_command(&args),
         Command::AcceptKey(args) => Ok(decode::accept_key_command(&args)),

@@ -135,9 +135,10 @@
     if (role === "driver") {
       const due = now - lastSentAt >= KEEPALIVE_MS;
       if ((key !== lastSentKey && now - lastSentAt >= MIN_GAP_MS) || due) sendPad(input, now);
-    } else if (changed && !(isNeutral(input) && lastSentKey === null)) {
-      // A viewer sends only when its user acts: that takes a free lease,
-      // and otherwise the server says who drives.
+    } else if (changed && !isNeutral(input)) {
+      // A viewer sends only when its user moves something: that takes a
+      // free lease (letting go never does), and otherwise the server
+      // says who drives.
       sendPad(input, now);
     }
     checkStale(now);
@@ -193,6 +194,8 @@
     placeKnob(0, 0);
   }
   function placeKnob(x, y) {
+    const len = Math.hypot(x, y);
+    if (len > 1) { x /= len; y /= len; }
     const r = ui.stick.clientWidth / 2 - ui.knob.offsetWidth / 2;
     ui.knob.style.transform = "translate(" + (x * r).toFixed(1) + "px," + (y * r).toFixed(1) + "px)";
   }
@@ -250,6 +253,7 @@
       axisRows[i].value.textContent = (v >= 0 ? " " : "") + v.toFixed(2);
     }
     setLamps(ui.buttons, input.buttons.map((b) => b >= 0.5));
+    if (!touch.active) placeKnob(input.axes[0] || 0, input.axes[1] || 0);
     if (ui.source.textContent !== input.source) ui.source.textContent = input.source;
   }
 
@@ -283,7 +287,9 @@
     else banner("idle", "Nobody drives: move the stick, press a key or drag the joystick to take control");
   }
 
-  function setError(text) {
+  let errorCode = null;
+  function setError(text, code) {
+    errorCode = text ? code || null : null;
     ui.error.textContent = text || "";
   }
 
@@ -330,7 +336,7 @@
         showRole();
         break;
       case "error":
-        setError(String(m.text || m.code || "error"));
+        setError(String(m.text || m.code || "error"), String(m.code || ""));
         if (m.code === "not_driver") { role = "viewer"; showRole(); }
         break;
       case "pong": {
@@ -347,6 +353,8 @@
         driver = m.driver;
         if (driver !== myId && role === "driver") role = "viewer";
         stopText = m.stopped ? String(m.stop_text || "STOPPED") : null;
+        // "Another driver has control" is over once no one else drives.
+        if (errorCode === "not_driver" && (driver === null || driver === myId)) setError("");
         ui.clients.textContent = String(m.clients);
         showOutputs(m);
         showRole();
@@ -367,6 +375,7 @@
       setError("");
       lastSentKey = null;
       lastInputKey = inputKey({ axes: [0, 0], buttons: new Array(buttonCount).fill(0) });
+      ping();
     };
     sock.onmessage = onMessage;
     sock.onclose = (ev) => {
@@ -388,11 +397,12 @@
     send({ type: "auth", token: ui.token.value });
   });
 
-  setInterval(() => {
+  function ping() {
     pingId += 1;
     if (send({ type: "ping", id: pingId })) pings.set(pingId, performance.now());
     for (const [id, t] of pings) if (performance.now() - t > 10000) pings.delete(id);
-  }, PING_MS);
+  }
+  setInterval(ping, PING_MS);
   // Keep-alives also when no frames are drawn (a covered window).
   setInterval(poll, KEEPALIVE_MS / 2);
 

@@ -481,6 +481,10 @@ async fn run_controller(
             }
         };
         let far = Instant::now() + Duration::from_secs(3600);
+        // Biased: the dead-man first; then telemetry (ten times a second,
+        // so a busy channel cannot starve it); then client events, in the
+        // order each client sent them; the closed-queue backstop last, so
+        // a driver's last commands before it left are not overtaken.
         tokio::select! {
             biased;
             () = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
@@ -488,11 +492,30 @@ async fn run_controller(
                 let effects = ctl.tick(now);
                 apply(&mut ctl, &mut hub, effects, None, now);
             }
-            () = driver_gone => {
-                if let Some(id) = ctl.driver() {
+            _ = telemetry.tick() => {
+                let now = Instant::now();
+                // Deadlines first, so telemetry never shows stale outputs.
+                let effects = ctl.tick(now);
+                apply(&mut ctl, &mut hub, effects, None, now);
+                // Sweep viewers whose connection ended without a Leave (the
+                // driver's is watched below, after its last events).
+                let driver = ctl.driver();
+                let closed: Vec<ClientId> = hub
+                    .clients
+                    .iter()
+                    .filter(|(id, q)| q.is_closed() && Some(**id) != driver)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in closed {
                     hub.clients.remove(&id);
                     let effects = ctl.disconnect(id, false);
-                    apply(&mut ctl, &mut hub, effects, None, Instant::now());
+                    apply(&mut ctl, &mut hub, effects, None, now);
+                }
+                let gone = send_telemetry(&ctl, &mut hub, now);
+                for g in gone {
+                    hub.clients.remove(&g.id);
+                    let effects = ctl.disconnect(g.id, g.stalled);
+                    apply(&mut ctl, &mut hub, effects, None, now);
                 }
             }
             event = events.recv() => {
@@ -526,28 +549,11 @@ async fn run_controller(
                     }
                 }
             }
-            _ = telemetry.tick() => {
-                let now = Instant::now();
-                // Deadlines first, so telemetry never shows stale outputs.
-                let effects = ctl.tick(now);
-                apply(&mut ctl, &mut hub, effects, None, now);
-                // Sweep clients whose connection ended without a Leave.
-                let closed: Vec<ClientId> = hub
-                    .clients
-                    .iter()
-                    .filter(|(_, q)| q.is_closed())
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in closed {
+            () = driver_gone => {
+                if let Some(id) = ctl.driver() {
                     hub.clients.remove(&id);
                     let effects = ctl.disconnect(id, false);
-                    apply(&mut ctl, &mut hub, effects, None, now);
-                }
-                let gone = send_telemetry(&ctl, &mut hub, now);
-                for g in gone {
-                    hub.clients.remove(&g.id);
-                    let effects = ctl.disconnect(g.id, g.stalled);
-                    apply(&mut ctl, &mut hub, effects, None, now);
+                    apply(&mut ctl, &mut hub, effects, None, Instant::now());
                 }
             }
         }
