@@ -493,6 +493,12 @@ async fn run_controller(
                 apply(&mut ctl, &mut hub, effects, None, now);
             }
             _ = telemetry.tick() => {
+                if !hub.output.is_alive() {
+                    // It failed (and left its pins low on the way out):
+                    // driving on without an output would be a lie.
+                    tracing::error!("the output thread stopped: shutting down");
+                    break;
+                }
                 let now = Instant::now();
                 // Deadlines first, so telemetry never shows stale outputs.
                 let effects = ctl.tick(now);

@@ -218,6 +218,12 @@ impl Output {
         finished
     }
 
+    /// Whether the output thread is still running (it ends only when
+    /// finishing, or if it panicked).
+    pub(crate) fn is_alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     fn close(&mut self) {
         lock(&self.shared.queue).closed = true;
         self.shared.wake.notify_one();
@@ -302,6 +308,9 @@ fn run_worker(shared: &Shared, sink: &mut dyn Sink, latency: Option<&Latency>) {
             }
             Ok(()) => {}
             Err(e) => {
+                // Retry (reopen) on a timer, so a reader that comes back
+                // gets the current state without waiting for a change.
+                readiness = Readiness::NotYet;
                 failures += 1;
                 if failures <= 3 || failures.is_power_of_two() {
                     tracing::warn!(error = %e, failures, "output write failed");
