@@ -851,3 +851,66 @@ pub(crate) async fn serve(args: ServeGamepadArgs) -> anyhow::Result<ExitCode> {
     running.finish().await;
     served.map(|()| ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_is_one_self_contained_document() {
+        let page = page();
+        assert!(page.starts_with("<!doctype html>"));
+        assert!(!page.contains("<script src"), "a script left as a file");
+        assert!(
+            !page.contains("rel=\"stylesheet\""),
+            "a stylesheet left as a file"
+        );
+        assert!(page.contains("const ferrows = "), "common.js missing");
+        assert!(page.contains("navigator.getGamepads"), "gamepad.js missing");
+        assert!(page.contains(".gp-stick"), "gamepad.css missing");
+    }
+
+    #[test]
+    fn inlined_files_cannot_end_their_element_early_or_insert_html() {
+        for (name, text) in [
+            ("gamepad.js", include_str!("../../web/gamepad.js")),
+            ("gamepad.css", include_str!("../../web/gamepad.css")),
+        ] {
+            let lower = text.to_ascii_lowercase();
+            for bad in ["</script", "</style", "<!--"] {
+                assert!(!lower.contains(bad), "{name} contains {bad}");
+            }
+            for sink in [
+                "innerHTML",
+                "outerHTML",
+                "insertAdjacentHTML",
+                "document.write",
+            ] {
+                assert!(!text.contains(sink), "{name} uses {sink}");
+            }
+        }
+    }
+
+    #[test]
+    fn flag_values() {
+        assert_eq!(parse_deadzone("0.1"), Ok(0.1));
+        assert_eq!(parse_deadzone("0"), Ok(0.0));
+        assert!(parse_deadzone("0.95").is_err());
+        assert!(parse_deadzone("-0.1").is_err());
+        assert!(parse_deadzone("NaN").is_err());
+        assert_eq!(parse_max_speed("1"), Ok(1.0));
+        assert!(parse_max_speed("0").is_err());
+        assert!(parse_max_speed("1.5").is_err());
+        assert!(parse_max_speed("inf").is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_allows_bursts_then_the_rate() {
+        let mut limit = RateLimit::new(Instant::now());
+        let burst = (0..1000).filter(|_| limit.allow(Instant::now())).count();
+        assert_eq!(burst, BURST as usize);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let next = (0..1000).filter(|_| limit.allow(Instant::now())).count();
+        assert_eq!(next, BURST.min(RATE) as usize);
+    }
+}
