@@ -1,5 +1,6 @@
 //! `ferrows`: ready-made WebSocket servers and tools.
 
+mod bench;
 mod chat;
 mod connect;
 mod decode;
@@ -76,6 +77,10 @@ enum Command {
     /// 1001, 1 otherwise. On a terminal, lines can be edited and recalled
     /// (history).
     Connect(connect::ConnectArgs),
+    /// Load a server and measure it: echo throughput and latency (closed
+    /// or open loop), idle connections (handshakes/s, memory per
+    /// connection), or broadcast delivery of a chat server.
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// `ferrows serve`: a server by name, or with none, all demos on one port.
@@ -202,6 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::AcceptKey(args) => Ok(decode::accept_key_command(&args)),
         Command::Probe(args) => probe::probe_command(args).await,
         Command::Connect(args) => connect::connect_command(args).await,
+        Command::Bench(args) => bench::bench_command(*args).await,
     }
 }
 
