@@ -327,6 +327,13 @@ impl ReadCore {
                         continue;
                     };
                     self.timer = None;
+                    if server {
+                        // The handshake is over and our FIN is out: a server
+                        // closes first (RFC 6455 §7.1.1) and does not wait
+                        // for the client's FIN. A client waits for the
+                        // server's close (AwaitEof), bounded by the timeout.
+                        self.finish(t, cx);
+                    }
                     return Poll::Ready(Some(Ok(Message::Close(frame))));
                 }
                 ReadState::Failing(_) => {
