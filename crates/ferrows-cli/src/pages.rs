@@ -9,14 +9,23 @@ use ferrows::Handshake;
 
 use crate::net::{Stream, display_addr};
 
+// Every page's files.
 const STYLE: &str = include_str!("../web/style.css");
 const COMMON_JS: &str = include_str!("../web/common.js");
+
+// Each page's own files.
+const INDEX_JS: &str = include_str!("../web/index.js");
+const ECHO_JS: &str = include_str!("../web/echo.js");
+const CHAT_JS: &str = include_str!("../web/chat.js");
+const GAMEPAD_CSS: &str = include_str!("../web/gamepad.css");
+const GAMEPAD_JS: &str = include_str!("../web/gamepad.js");
 
 /// The landing page of `ferrows serve`.
 static LANDING: LazyLock<String> = LazyLock::new(|| {
     inline(
         include_str!("../web/index.html"),
-        &[("index.js", include_str!("../web/index.js"))],
+        &[],
+        &[("index.js", INDEX_JS)],
     )
 });
 
@@ -24,7 +33,8 @@ static LANDING: LazyLock<String> = LazyLock::new(|| {
 static ECHO: LazyLock<String> = LazyLock::new(|| {
     inline(
         include_str!("../web/echo.html"),
-        &[("echo.js", include_str!("../web/echo.js"))],
+        &[],
+        &[("echo.js", ECHO_JS)],
     )
 });
 
@@ -32,7 +42,17 @@ static ECHO: LazyLock<String> = LazyLock::new(|| {
 static CHAT: LazyLock<String> = LazyLock::new(|| {
     inline(
         include_str!("../web/chat.html"),
-        &[("chat.js", include_str!("../web/chat.js"))],
+        &[],
+        &[("chat.js", CHAT_JS)],
+    )
+});
+
+/// The gamepad page.
+static GAMEPAD: LazyLock<String> = LazyLock::new(|| {
+    inline(
+        include_str!("../web/gamepad.html"),
+        &[("gamepad.css", GAMEPAD_CSS)],
+        &[("gamepad.js", GAMEPAD_JS)],
     )
 });
 
@@ -51,14 +71,26 @@ pub(crate) fn chat() -> &'static str {
     CHAT.as_str()
 }
 
-/// Replaces the page's `<link rel="stylesheet" href="style.css">` and
-/// `<script src="NAME"></script>` tags with the files' contents, so the
-/// HTML files stay plain documents that also open from disk.
-fn inline(html: &str, scripts: &[(&str, &str)]) -> String {
-    let mut page = html.replace(
-        r#"<link rel="stylesheet" href="style.css">"#,
-        &format!("<style>\n{STYLE}</style>"),
-    );
+/// The gamepad page (`ferrows serve gamepad`, `/gamepad` of `ferrows
+/// serve`).
+pub(crate) fn gamepad() -> &'static str {
+    GAMEPAD.as_str()
+}
+
+/// Replaces the page's `<link rel="stylesheet" href="NAME">` and
+/// `<script src="NAME"></script>` tags with the files' contents (every
+/// page's `style.css` and `common.js`, then its own `styles` and
+/// `scripts`), so the HTML files stay plain documents that also open from
+/// disk.
+fn inline(html: &str, styles: &[(&str, &str)], scripts: &[(&str, &str)]) -> String {
+    let mut page = html.to_owned();
+    let common = [("style.css", STYLE)];
+    for (name, css) in common.iter().chain(styles) {
+        page = page.replace(
+            &format!(r#"<link rel="stylesheet" href="{name}">"#),
+            &format!("<style>\n{css}</style>"),
+        );
+    }
     let common = [("common.js", COMMON_JS)];
     for (name, js) in common.iter().chain(scripts) {
         page = page.replace(
@@ -137,19 +169,43 @@ mod tests {
     #![allow(clippy::indexing_slicing)]
     use super::*;
 
-    fn all() -> [(&'static str, &'static str); 3] {
-        [("landing", landing()), ("echo", echo()), ("chat", chat())]
+    /// Each page with the elements its files must be inlined as.
+    fn all() -> [(&'static str, &'static str, Vec<String>); 4] {
+        let style = |css: &str| format!("<style>\n{css}</style>");
+        let script = |js: &str| format!("<script>\n{js}</script>");
+        let with = |own: Vec<String>| [vec![style(STYLE), script(COMMON_JS)], own].concat();
+        [
+            ("landing", landing(), with(vec![script(INDEX_JS)])),
+            ("echo", echo(), with(vec![script(ECHO_JS)])),
+            ("chat", chat(), with(vec![script(CHAT_JS)])),
+            (
+                "gamepad",
+                gamepad(),
+                with(vec![style(GAMEPAD_CSS), script(GAMEPAD_JS)]),
+            ),
+        ]
     }
+
+    /// Every file that is inlined into a page, by name.
+    const FILES: [(&str, &str); 7] = [
+        ("style.css", STYLE),
+        ("common.js", COMMON_JS),
+        ("index.js", INDEX_JS),
+        ("echo.js", ECHO_JS),
+        ("chat.js", CHAT_JS),
+        ("gamepad.css", GAMEPAD_CSS),
+        ("gamepad.js", GAMEPAD_JS),
+    ];
 
     #[test]
     fn assets_are_inlined_and_nothing_loads_from_elsewhere() {
-        for (name, page) in all() {
+        for (name, page, elements) in all() {
             assert!(page.starts_with("<!doctype html>"), "{name}");
-            assert!(page.contains("<style>"), "{name}: no inline style");
-            assert!(
-                page.contains("const ferrows = "),
-                "{name}: common.js missing"
-            );
+            // Each of its files, whole, in its own element.
+            for element in elements {
+                let file = element.lines().nth(1).unwrap_or_default();
+                assert!(page.contains(&element), "{name}: {file:?} not inlined");
+            }
             // No tag still points at a file: every src/href is a link
             // within the server or a data: URL.
             for attr in ["src=\"", "href=\""] {
@@ -169,14 +225,7 @@ mod tests {
 
     #[test]
     fn inlined_files_cannot_end_their_element_early() {
-        let files = [
-            ("style.css", STYLE),
-            ("common.js", COMMON_JS),
-            ("index.js", include_str!("../web/index.js")),
-            ("echo.js", include_str!("../web/echo.js")),
-            ("chat.js", include_str!("../web/chat.js")),
-        ];
-        for (name, text) in files {
+        for (name, text) in FILES {
             let lower = text.to_ascii_lowercase();
             assert!(!lower.contains("</script"), "{name}");
             assert!(!lower.contains("</style"), "{name}");
@@ -186,20 +235,14 @@ mod tests {
 
     #[test]
     fn pages_never_insert_peer_data_as_html() {
-        let scripts = [
-            include_str!("../web/common.js"),
-            include_str!("../web/index.js"),
-            include_str!("../web/echo.js"),
-            include_str!("../web/chat.js"),
-        ];
-        for js in scripts {
+        for (name, js) in FILES.into_iter().filter(|(n, _)| n.ends_with(".js")) {
             for sink in [
                 "innerHTML",
                 "outerHTML",
                 "insertAdjacentHTML",
                 "document.write",
             ] {
-                assert!(!js.contains(sink), "{sink} in a page script");
+                assert!(!js.contains(sink), "{sink} in {name}");
             }
         }
     }

@@ -22,8 +22,8 @@ mod protocol;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -136,36 +136,6 @@ pub(crate) struct ServeGamepadArgs {
     gamepad: GamepadArgs,
     #[command(flatten)]
     common: CommonArgs,
-}
-
-/// The page: HTML with its stylesheets and scripts inlined (one response,
-/// works offline).
-static PAGE: LazyLock<String> = LazyLock::new(|| {
-    let mut page = include_str!("../../web/gamepad.html").to_owned();
-    for (tag, css) in [
-        ("style.css", include_str!("../../web/style.css")),
-        ("gamepad.css", include_str!("../../web/gamepad.css")),
-    ] {
-        page = page.replace(
-            &format!(r#"<link rel="stylesheet" href="{tag}">"#),
-            &format!("<style>\n{css}</style>"),
-        );
-    }
-    for (name, js) in [
-        ("common.js", include_str!("../../web/common.js")),
-        ("gamepad.js", include_str!("../../web/gamepad.js")),
-    ] {
-        page = page.replace(
-            &format!(r#"<script src="{name}"></script>"#),
-            &format!("<script>\n{js}</script>"),
-        );
-    }
-    page
-});
-
-/// The gamepad page.
-pub(crate) fn page() -> &'static str {
-    PAGE.as_str()
 }
 
 enum Event {
@@ -592,7 +562,7 @@ pub(crate) async fn handle(
     gamepad: Gamepad,
 ) {
     if !hs.request().is_upgrade() {
-        pages::respond_page(hs, peer, page()).await;
+        pages::respond_page(hs, peer, pages::gamepad()).await;
         return;
     }
     let token = hs
@@ -855,41 +825,6 @@ pub(crate) async fn serve(args: ServeGamepadArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_page_is_one_self_contained_document() {
-        let page = page();
-        assert!(page.starts_with("<!doctype html>"));
-        assert!(!page.contains("<script src"), "a script left as a file");
-        assert!(
-            !page.contains("rel=\"stylesheet\""),
-            "a stylesheet left as a file"
-        );
-        assert!(page.contains("const ferrows = "), "common.js missing");
-        assert!(page.contains("navigator.getGamepads"), "gamepad.js missing");
-        assert!(page.contains(".gp-stick"), "gamepad.css missing");
-    }
-
-    #[test]
-    fn inlined_files_cannot_end_their_element_early_or_insert_html() {
-        for (name, text) in [
-            ("gamepad.js", include_str!("../../web/gamepad.js")),
-            ("gamepad.css", include_str!("../../web/gamepad.css")),
-        ] {
-            let lower = text.to_ascii_lowercase();
-            for bad in ["</script", "</style", "<!--"] {
-                assert!(!lower.contains(bad), "{name} contains {bad}");
-            }
-            for sink in [
-                "innerHTML",
-                "outerHTML",
-                "insertAdjacentHTML",
-                "document.write",
-            ] {
-                assert!(!text.contains(sink), "{name} uses {sink}");
-            }
-        }
-    }
 
     #[test]
     fn flag_values() {
