@@ -22,7 +22,10 @@ test("the landing page links every demo and shows its WebSocket URL", async () =
   await page.goto(`${server.origin}/`);
   assert.equal(await page.title(), "ferrows");
   const urls = await page.$$eval("[data-ws-path]", (nodes) => nodes.map((n) => n.textContent));
-  assert.deepEqual(urls, [`ws://127.0.0.1:${server.port}/echo`, `ws://127.0.0.1:${server.port}/chat`]);
+  assert.deepEqual(
+    urls,
+    ["/echo", "/chat", "/gamepad"].map((p) => `ws://127.0.0.1:${server.port}${p}`),
+  );
   await screenshot(page, "landing");
 
   await page.click("#demo-echo");
@@ -33,6 +36,14 @@ test("the landing page links every demo and shows its WebSocket URL", async () =
   await page.click("#demo-chat");
   await page.waitForURL(`${server.origin}/chat`);
   await waitForState(page, "open");
+  await page.click("a.brand");
+  await page.waitForURL(`${server.origin}/`);
+  await page.click("#demo-gamepad");
+  await page.waitForURL(`${server.origin}/gamepad`);
+  assert.equal(await page.title(), "Gamepad · ferrows");
+  await waitForState(page, "open");
+  // The gamepad's WebSocket answered: the server's hello names this client.
+  await page.waitForFunction(() => /^client \d+$/.test(document.getElementById("you")?.textContent ?? ""));
   assert.deepEqual(problems, []);
 
   await page.setViewportSize({ width: 390, height: 844 });
@@ -41,9 +52,9 @@ test("the landing page links every demo and shows its WebSocket URL", async () =
   await page.close();
 });
 
-test("the reserved gamepad path and unknown paths are plain 404s", async () => {
+test("unknown paths are plain 404s", async () => {
   const { page } = await openPage(browser, server.origin);
-  for (const path of ["/gamepad", "/no-such-page"]) {
+  for (const path of ["/no-such-page", "/gamepad/", "/echo/x"]) {
     const response = await page.goto(`${server.origin}${path}`);
     assert.equal(response.status(), 404, path);
     assert.equal(response.headers()["content-type"], "text/plain; charset=utf-8");

@@ -29,7 +29,7 @@ use crate::trace::{Traced, Tracer, escape_controls, hex, millis, quoted};
 /// Arguments of `ferrows connect`.
 #[derive(Args, Debug)]
 pub(crate) struct ConnectArgs {
-    /// The server: ws://host[:port][/path] or wss://... (http:// and
+    /// The server: `ws://host[:port][/path]` or `wss://...` (http:// and
     /// https:// are taken as ws:// and wss://).
     #[arg(value_name = "URL")]
     url: String,

@@ -6,8 +6,12 @@
 //! | `/`        | landing page      | 404                                 |
 //! | `/echo`    | echo console      | echo (websocket-echo-server limits) |
 //! | `/chat`    | chat              | chat with a synced tick             |
-//! | `/gamepad` | 404 (reserved)    | 404 (reserved)                      |
+//! | `/gamepad` | gamepad           | drive the robot (one driver)        |
 //! | other      | 404               | 404                                 |
+//!
+//! The gamepad's output (a log, JSON lines or GPIO) is opened before the
+//! port: a bad setup fails before anyone can connect. At exit the robot
+//! is stopped and its outputs put in the safe state.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
@@ -21,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::chat::{Room, RoomArgs};
 use crate::net::{self, Stream, display_addr};
-use crate::{CommonArgs, chat, echo, pages};
+use crate::{CommonArgs, chat, echo, gamepad, pages};
 
 /// The echo demo's write high-water mark: websocket-echo-server's default.
 const ECHO_HIGH_WATER_MARK: usize = 16_384;
@@ -40,16 +44,21 @@ pub(crate) struct HubArgs {
     port: u16,
     #[command(flatten)]
     room: RoomArgs,
-    /// Close with 1009 on larger messages, in every demo (bytes)
+    /// Close with 1009 on larger messages, in the echo and chat demos (bytes;
+    /// the gamepad's limit is its protocol's, 4096)
     #[arg(long, value_name = "BYTES", default_value_t = 65_536,
           value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
     max_message_size: u64,
-    /// Ping every client this often (ms); terminate those silent since the last ping
+    /// Ping every echo and chat client this often (ms); terminate those silent
+    /// since the last ping
     #[arg(long, value_name = "MS", default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     heartbeat_interval: u64,
     #[command(flatten)]
     common: CommonArgs,
+    // Last: the heading holds for every later argument.
+    #[command(flatten, next_help_heading = "Gamepad demo (/gamepad)")]
+    gamepad: gamepad::GamepadArgs,
 }
 
 /// What the routes share.
@@ -57,9 +66,10 @@ struct Demos {
     room: Room,
     beat: watch::Receiver<u64>,
     echo: echo::EchoOptions,
+    gamepad: gamepad::Gamepad,
 }
 
-/// The reserved gamepad path: a later release serves the gamepad demo there.
+/// The gamepad demo's path.
 const GAMEPAD: &str = "/gamepad";
 
 /// Routes one request by path.
@@ -74,7 +84,8 @@ async fn route(
     match path.as_str() {
         "/" if !upgrade => pages::respond_page(hs, peer, pages::landing()).await,
         "/" => {
-            pages::not_found(hs, peer, "no WebSocket at /: connect to /echo or /chat").await;
+            let text = "no WebSocket at /: connect to /echo, /chat or /gamepad";
+            pages::not_found(hs, peer, text).await;
         }
         "/echo" => {
             let beat = demos.beat.clone();
@@ -84,10 +95,11 @@ async fn route(
             let (room, beat) = (demos.room.clone(), demos.beat.clone());
             chat::handle(hs, peer, shutdown, room, beat).await;
         }
-        GAMEPAD => {
-            pages::not_found(hs, peer, "the gamepad demo is not available yet").await;
+        GAMEPAD => gamepad::handle(hs, peer, shutdown, demos.gamepad.clone()).await,
+        _ => {
+            let text = "not found: the demos are /echo, /chat and /gamepad";
+            pages::not_found(hs, peer, text).await;
         }
-        _ => pages::not_found(hs, peer, "not found: the demos are /echo and /chat").await,
     }
 }
 
@@ -100,6 +112,8 @@ pub(crate) async fn serve(args: HubArgs) -> anyhow::Result<ExitCode> {
         .max_fragments(ECHO_MAX_FRAGMENTS)
         .write_high_water_mark(ECHO_HIGH_WATER_MARK);
     let opts = crate::net_options(&args.common, config)?;
+    // The output first: a bad GPIO setup fails before anyone can connect.
+    let (gamepad, mut running) = gamepad::start(&args.gamepad)?;
     let scheme = if opts.tls.is_some() { "https" } else { "http" };
     let listener = net::bind(args.bind, args.port)?;
     let local = listener.local_addr().context("local address")?;
@@ -109,17 +123,24 @@ pub(crate) async fn serve(args: HubArgs) -> anyhow::Result<ExitCode> {
     } else {
         display_addr(local)
     };
-    tracing::info!("pages: {scheme}://{host}/ (echo console: /echo, chat: /chat)");
+    tracing::info!(
+        "pages: {scheme}://{host}/ (echo console: /echo, chat: /chat, gamepad: /gamepad)"
+    );
     let demos = Arc::new(Demos {
         room: Room::from_args(&args.room),
         beat: echo::heartbeat(Duration::from_millis(args.heartbeat_interval)),
         echo: echo::EchoOptions {
             high_water_mark: ECHO_HIGH_WATER_MARK,
         },
+        gamepad,
     });
-    net::run(listener, opts, move |hs, peer, shutdown| {
-        route(hs, peer, shutdown, demos.clone())
-    })
-    .await?;
+    let served = tokio::select! {
+        served = net::run(listener, opts, move |hs, peer, shutdown| {
+            route(hs, peer, shutdown, demos.clone())
+        }) => served,
+        e = running.failed() => Err(e),
+    };
+    running.finish().await;
+    served?;
     Ok(ExitCode::SUCCESS)
 }

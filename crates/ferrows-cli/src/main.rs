@@ -36,9 +36,10 @@ struct Cli {
 enum Command {
     /// Run a ready-made server.
     ///
-    /// With no subcommand: every demo on one port ([::]:9001 by default), a
+    /// With no subcommand: every demo on one port (`[::]:9001` by default), a
     /// landing page at /, and per demo a page and a WebSocket on the same
-    /// path: /echo (echo console), /chat (chat with a synced tick).
+    /// path: /echo (echo console), /chat (chat with a synced tick), /gamepad
+    /// (drive a robot from a browser gamepad; the gamepad options below).
     Serve(ServeArgs),
     /// Decode WebSocket frames from hex bytes: header fields, unmasked
     /// payload, close code, and what a receiver would object to.
@@ -70,9 +71,9 @@ enum Command {
     /// arrives (like wscat).
     ///
     /// Text arrives on stdout as is (control characters escaped), binary
-    /// as hex; status lines go to stderr. Commands: /ping [data],
-    /// /pong [data], /close [code [reason]], /binary HEX, /help; a line
-    /// starting with // sends the rest. End of input closes with 1000. On
+    /// as hex; status lines go to stderr. Commands: `/ping [data]`,
+    /// `/pong [data]`, `/close [code [reason]]`, `/binary HEX`, `/help`; a
+    /// line starting with `//` sends the rest. End of input closes with 1000. On
     /// close it prints `closed: CODE REASON` and exits 0 for 1000 and
     /// 1001, 1 otherwise. On a terminal, lines can be edited and recalled
     /// (history).

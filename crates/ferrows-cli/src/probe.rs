@@ -38,7 +38,7 @@ use crate::trace::{Traced, Tracer, escape_controls, hex_preview, millis, quoted}
 /// Arguments of `ferrows probe`.
 #[derive(Args, Debug)]
 pub(crate) struct ProbeArgs {
-    /// The server to check: ws://host[:port][/path] or wss://...
+    /// The server to check: `ws://host[:port][/path]` or `wss://...`
     #[arg(value_name = "URL")]
     url: String,
     /// How long each check may take, in seconds.

@@ -2,8 +2,8 @@
 //! port and driven by ferrows clients and raw sockets: `serve echo` (its
 //! websocket-echo-server environment variables, heartbeat, backpressure,
 //! limits, page, graceful shutdown), `serve chat` (tick, broadcast,
-//! notices, slow clients) and `serve` (routes, connection cap, Origin
-//! allowlist, TLS).
+//! notices, slow clients) and `serve` (routes, the gamepad demo and its
+//! flags, connection cap, Origin allowlist, TLS).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod support;
@@ -752,9 +752,27 @@ async fn chat_sigterm_closes_every_client_with_1001_and_exits_0() {
 
 const SERVE: &[&str] = &["serve", "--port", "0"];
 
+/// No gamepad token from the caller's environment (empty means none).
+const NO_TOKEN: &[(&str, &str)] = &[("FERROWS_GAMEPAD_TOKEN", "")];
+
+/// The next JSON text message whose `type` is `kind` (others skipped).
+async fn next_json(ws: &mut support::Client, kind: &str) -> serde_json::Value {
+    within(10, async {
+        loop {
+            let msg = next_data(ws, 10).await;
+            let text = msg.as_text().unwrap_or_else(|| panic!("not text: {msg:?}"));
+            let value: serde_json::Value = serde_json::from_str(text).unwrap();
+            if value["type"] == kind {
+                return value;
+            }
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn serve_routes_each_path_to_its_page_and_its_websocket() {
-    let server = Server::start(SERVE);
+    let server = Server::start_with_env(SERVE, NO_TOKEN);
     assert!(
         server.listening.starts_with("[::]:"),
         "dual-stack by default: {}",
@@ -763,11 +781,15 @@ async fn serve_routes_each_path_to_its_page_and_its_websocket() {
 
     let landing = http(server.addr, "GET", "/", "").await;
     assert_eq!(landing.status, 200);
-    assert!(landing.body.contains("href=\"/echo\"") && landing.body.contains("href=\"/chat\""));
+    for link in ["href=\"/echo\"", "href=\"/chat\"", "href=\"/gamepad\""] {
+        assert!(landing.body.contains(link), "no {link} on the landing page");
+    }
     for (path, title) in [
         ("/echo", "<title>Echo console"),
         ("/chat", "<title>Chat"),
+        ("/gamepad", "<title>Gamepad · ferrows</title>"),
         ("/echo?x=1", "<title>Echo console"),
+        ("/gamepad?token=x", "<title>Gamepad · ferrows</title>"),
     ] {
         let page = http(server.addr, "GET", path, "").await;
         assert_eq!(page.status, 200, "{path}");
@@ -784,20 +806,20 @@ async fn serve_routes_each_path_to_its_page_and_its_websocket() {
             .status,
         405
     );
-    for path in ["/gamepad", "/nope", "/echo/", "/index.html"] {
+    for path in ["/nope", "/echo/", "/gamepad/", "/index.html"] {
         let page = http(server.addr, "GET", path, "").await;
         assert_eq!(page.status, 404, "{path}");
         assert_eq!(
             page.header("content-type"),
             Some("text/plain; charset=utf-8")
         );
+        assert!(
+            page.body
+                .contains("the demos are /echo, /chat and /gamepad"),
+            "{path}: {}",
+            page.body
+        );
     }
-    let gamepad = http(server.addr, "GET", "/gamepad", "").await;
-    assert!(
-        gamepad.body.contains("not available yet"),
-        "{}",
-        gamepad.body
-    );
 
     // The WebSockets on the same paths.
     let mut echo = connect(&server.ws_url("/echo")).await;
@@ -815,11 +837,108 @@ async fn serve_routes_each_path_to_its_page_and_its_websocket() {
     );
     let tick = next_data(&mut chat, 5).await;
     assert!(tick.as_text().unwrap().starts_with("tick:"), "{tick:?}");
-    for path in ["/", "/gamepad", "/nope"] {
+    // The gamepad's: a viewer until it sends a command, then telemetry.
+    let mut gamepad = connect(&server.ws_url("/gamepad")).await;
+    let hello = next_json(&mut gamepad, "hello").await;
+    assert_eq!(hello["role"], "viewer", "{hello}");
+    assert_eq!(hello["deadman_ms"], 500, "the default dead-man: {hello}");
+    assert_eq!(hello["token_required"], false, "{hello}");
+    let telemetry = next_json(&mut gamepad, "telemetry").await;
+    assert_eq!(telemetry["clients"], 1, "{telemetry}");
+    assert_eq!(telemetry["left"], 0.0, "{telemetry}");
+    for path in ["/", "/nope", "/gamepad/"] {
         assert_eq!(upgrade_status(server.addr, path, "").await, 404, "{path}");
     }
     within(5, echo.close(1000, "")).await.unwrap();
     within(5, chat.close(1000, "")).await.unwrap();
+    within(5, gamepad.close(1000, "")).await.unwrap();
+}
+
+#[tokio::test]
+async fn serve_drives_the_gamepad_with_its_flags_and_stops_it_at_exit() {
+    let dir = TempDir::new("serve-gamepad");
+    let jsonl = dir.0.join("out.jsonl");
+    let output = format!("jsonl:{}", jsonl.display());
+    let args = [
+        "serve",
+        "--port",
+        "0",
+        "--output",
+        &output,
+        "--buttons",
+        "2",
+        "--max-speed",
+        "0.5",
+        "--deadman",
+        "5000",
+    ];
+    let mut server = Server::start_with_env(&args, NO_TOKEN);
+    let mut ws = connect(&server.ws_url("/gamepad")).await;
+    let hello = next_json(&mut ws, "hello").await;
+    assert_eq!(hello["buttons"], 2, "{hello}");
+    assert_eq!(hello["max_speed"], 0.5, "{hello}");
+    assert_eq!(hello["deadman_ms"], 5000, "{hello}");
+
+    // Full ahead with button 1 held: both motors at --max-speed.
+    let pad = r#"{"type":"pad","seq":1,"axes":[0,-1,0,0],"buttons":[0,1]}"#;
+    within(5, ws.send(pad)).await.unwrap();
+    let role = next_json(&mut ws, "role").await;
+    assert_eq!(role["role"], "driver", "{role}");
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&jsonl)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let driven = loop {
+        if let Some(line) = lines().into_iter().find(|l| l["reason"] == "command") {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no command line in {}; log:\n{}",
+            jsonl.display(),
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(driven["left"], 0.5, "{driven}");
+    assert_eq!(driven["right"], 0.5, "{driven}");
+    assert_eq!(
+        driven["buttons"],
+        serde_json::json!([false, true]),
+        "{driven}"
+    );
+
+    // SIGTERM: the driver is told 1001 and the last line is the safe state.
+    let reader = tokio::spawn(async move { until_close(&mut ws, 10).await });
+    let status = server.terminate(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    assert_eq!(reader.await.unwrap(), 1001);
+    let all = lines();
+    let last = all.last().unwrap();
+    assert_eq!(last["left"], 0.0, "{all:?}");
+    assert_eq!(last["right"], 0.0, "{all:?}");
+    assert_eq!(
+        last["buttons"],
+        serde_json::json!([false, false]),
+        "{all:?}"
+    );
+}
+
+#[test]
+fn serve_fails_before_listening_when_the_gamepad_output_cannot_open() {
+    let dir = TempDir::new("serve-gamepad-missing");
+    let output = format!(
+        "jsonl:{}",
+        dir.0.join("missing").join("out.jsonl").display()
+    );
+    let (status, log) = run_to_exit(&["serve", "--port", "0", "--output", &output], NO_TOKEN);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(!log.contains("listening on"), "{log}");
+    assert!(log.contains("missing"), "the error names the path: {log}");
 }
 
 #[tokio::test]
