@@ -204,7 +204,7 @@ fn rows() -> Vec<Row> {
         },
         Row {
             id: "idle",
-            title: "Idle connections: 10,000 held open",
+            title: "Idle connections: {conns} held open",
             metrics: vec![
                 metric(
                     "server RSS per connection",
@@ -261,7 +261,7 @@ fn rows() -> Vec<Row> {
         },
         Row {
             id: "broadcast",
-            title: "Broadcast to 10,000 chat clients: send → last client's copy",
+            title: "Broadcast to {conns} chat clients: send → last client's copy",
             metrics: vec![
                 metric(
                     "p50 last copy",
@@ -381,7 +381,7 @@ fn bench_command(v: &Value) -> Option<String> {
     let argv = v.get("argv")?.as_array()?;
     let mut out = Vec::new();
     let mut skip = false;
-    for (i, a) in argv.iter().enumerate() {
+    for a in argv {
         let a = a.as_str()?;
         if skip {
             skip = false;
@@ -394,15 +394,7 @@ fn bench_command(v: &Value) -> Option<String> {
         if a.starts_with("--label=") {
             continue;
         }
-        let a = if i == 0 {
-            Path::new(a)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .map_or(a.to_owned(), |n| format!("target/release/{n}"))
-        } else {
-            a.to_owned()
-        };
-        out.push(shell_quote(&a));
+        out.push(shell_quote(a));
     }
     Some(out.join(" "))
 }
@@ -488,6 +480,29 @@ fn run(results: &Path, meta: &Path, out: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// A row's title, with `{conns}` replaced by the connections its runs used.
+fn row_title(row: &Row, grid: &Grid<'_>) -> String {
+    let conns = grid
+        .iter()
+        .filter(|((r, _), _)| *r == row.id)
+        .flat_map(|(_, cell)| cell.ok.iter().chain(cell.failed.iter()))
+        .find_map(|v| v.get("conns").and_then(Value::as_u64));
+    let conns = conns.map_or_else(|| "?".to_owned(), thousands);
+    row.title.replace("{conns}", &conns)
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The servers that appear in a row, in display order.
 fn servers_of<'a>(grid: &Grid<'a>, row: &str) -> Vec<&'a str> {
     let mut present: Vec<&'a str> = grid
@@ -549,6 +564,14 @@ fn markdown(rows: &[Row], grid: &Grid<'_>, meta: &[(String, String)]) -> String 
         );
     }
     let _ = writeln!(md, "![Performance relative to ferrows](chart.svg)\n");
+    let _ = writeln!(
+        md,
+        "The generator has one core too: where its CPU (the *generator CPU* column) is near \
+         100 %, it, not the server, set the pace, and the throughput shown is a lower bound for \
+         that server. *Server CPU per message* (the server's user + system time over the measured \
+         window, from `/proc/PID/stat`, divided by the messages echoed) compares servers \
+         whatever the generator managed.\n"
+    );
 
     let _ = writeln!(md, "## Machine and versions\n");
     let _ = writeln!(md, "| | |\n| --- | --- |");
@@ -565,7 +588,8 @@ fn markdown(rows: &[Row], grid: &Grid<'_>, meta: &[(String, String)]) -> String 
         if servers.is_empty() {
             continue;
         }
-        let _ = writeln!(md, "### {}\n", row.title);
+        let title = row_title(row, grid);
+        let _ = writeln!(md, "### {title}\n");
         let mut header = String::from("| server |");
         let mut rule = String::from("| --- |");
         for m in &row.metrics {
@@ -631,16 +655,19 @@ fn markdown(rows: &[Row], grid: &Grid<'_>, meta: &[(String, String)]) -> String 
                     .get("errors")
                     .map_or_else(|| "no result".to_owned(), Value::to_string);
                 failures.push(format!(
-                    "{} / {} / round {round}: {errors}",
-                    row.title,
+                    "{title} / {} / round {round}: {errors}",
                     display_name(server)
                 ));
             }
             if let Some(first) = cell.ok.first().or(cell.failed.first()) {
                 let server_cmd = label(first, "server_cmd").unwrap_or("?");
                 let bench = bench_command(first).unwrap_or_else(|| "?".to_owned());
+                let bench = match label(first, "bench_pin").filter(|p| !p.is_empty()) {
+                    Some(pin) => format!("{pin} {bench}"),
+                    None => bench,
+                };
                 commands.push((
-                    row.title,
+                    title.clone(),
                     display_name(server).to_owned(),
                     server_cmd.to_owned(),
                     bench,
@@ -658,19 +685,44 @@ fn markdown(rows: &[Row], grid: &Grid<'_>, meta: &[(String, String)]) -> String 
         let _ = writeln!(md);
     }
 
+    let _ = writeln!(md, "## The servers\n");
+    for line in [
+        "ferrows: `ferrows serve echo` (its `--high-water-mark` raised to the message limit; \
+         compression, when on, at its defaults: level 1, messages from 256 bytes) and \
+         `ferrows serve chat --tick 0`, which also announces every join to everyone (the \
+         unmeasured first broadcast waits until those are delivered).",
+        "tokio-tungstenite: `bench/peers/src/bin/tungstenite_echo.rs`, its echo-server example: \
+         `split()` and `forward`, which flushes only when nothing more is readable; no compression \
+         (tungstenite has none).",
+        "fastwebsockets: `bench/peers/src/bin/fastwebsockets_echo.rs`, its echo_server example: \
+         hyper upgrade, `FragmentCollector`, auto-pong, a current-thread runtime; no compression \
+         (fastwebsockets has none).",
+        "Node ws: `bench/peers/node/echo.js` (with `bufferutil`), compression at ws' defaults when \
+         on; `bench/peers/node/chat.js` for the broadcast row, the ws README's broadcast loop, \
+         without join notices.",
+        "Python websockets: `bench/peers/python/echo.py`, the asyncio echo of its documentation, \
+         compression at its defaults.",
+        "Every server listens on 127.0.0.1, sets TCP_NODELAY and has the same message limit.",
+    ] {
+        let _ = writeln!(md, "- {line}");
+    }
+    let _ = writeln!(md);
     let _ = writeln!(md, "## Commands\n");
     let _ = writeln!(
         md,
         "Run everything again with `scripts/bench-peers` (see its header for the settings). \
          The exact commands of the first round (ports and process ids change between runs):\n"
     );
-    let mut last_row = "";
-    for (row, server, server_cmd, bench) in &commands {
-        if *row != last_row {
-            let _ = writeln!(md, "\n**{row}**\n");
-            last_row = row;
+    for (i, (row, server, server_cmd, bench)) in commands.iter().enumerate() {
+        let first_of_row = i == 0 || commands.get(i - 1).is_none_or(|c| &c.0 != row);
+        let last_of_row = commands.get(i + 1).is_none_or(|c| &c.0 != row);
+        if first_of_row {
+            let _ = writeln!(md, "**{row}**\n");
         }
         let _ = writeln!(md, "- {server}:\n  ```\n  {server_cmd}\n  {bench}\n  ```");
+        if last_of_row {
+            let _ = writeln!(md);
+        }
     }
     md
 }
@@ -735,9 +787,9 @@ fn short_row(id: &str) -> &str {
         "bin64k" => "64 KiB binary",
         "bin1m" => "1 MiB binary",
         "latency" => "1 conn",
-        "idle" => "10k idle",
+        "idle" => "idle conns",
         "deflate" => "deflate 1 KiB",
-        "broadcast" => "broadcast 10k",
+        "broadcast" => "broadcast",
         other => other,
     }
 }
