@@ -67,7 +67,8 @@ impl std::fmt::Display for Mismatch {
 #[derive(Debug, Clone)]
 pub(crate) struct Payloads {
     kind: Kind,
-    variants: Vec<Bytes>,
+    /// The messages, built once: sending one clones a reference.
+    variants: Vec<Message>,
 }
 
 impl Payloads {
@@ -84,7 +85,14 @@ impl Payloads {
         let variants = (0..count.max(1))
             .map(|v| {
                 let v = u32::try_from(v).unwrap_or(u32::MAX);
-                Bytes::from(make_payload(conn, v, size, kind, content, seed))
+                let bytes = Bytes::from(make_payload(conn, v, size, kind, content, seed));
+                match kind {
+                    Kind::Binary => Message::Binary(bytes),
+                    // Built from ASCII in `make_payload`, so this cannot
+                    // fail; if it did, every echo would be a mismatch.
+                    Kind::Text => Utf8Bytes::try_from_bytes(bytes)
+                        .map_or(Message::Binary(Bytes::new()), Message::Text),
+                }
             })
             .collect();
         Payloads { kind, variants }
@@ -92,16 +100,7 @@ impl Payloads {
 
     /// The message for the `seq`-th send (variants in turn).
     pub(crate) fn message(&self, seq: u64) -> Message {
-        let bytes = self.variant(seq).clone();
-        match self.kind {
-            Kind::Binary => Message::Binary(bytes),
-            // Built from ASCII in `make_payload`, so this cannot fail; a
-            // failure would surface as a mismatch, not a panic.
-            Kind::Text => match Utf8Bytes::try_from_bytes(bytes) {
-                Ok(text) => Message::Text(text),
-                Err(_) => Message::Binary(Bytes::new()),
-            },
-        }
+        self.variant(seq).clone()
     }
 
     /// Checks that `echo` is the echo of the `seq`-th send.
@@ -111,20 +110,20 @@ impl Payloads {
             (Kind::Binary, Message::Binary(b)) => b,
             _ => return Err(Mismatch::Type),
         };
-        let want = self.variant(seq);
+        let want = self.variant(seq).as_payload();
         if got.len() != want.len() {
             return Err(Mismatch::Length {
                 sent: want.len(),
                 received: got.len(),
             });
         }
-        if got != &want[..] {
+        if got != want {
             return Err(Mismatch::Content);
         }
         Ok(())
     }
 
-    fn variant(&self, seq: u64) -> &Bytes {
+    fn variant(&self, seq: u64) -> &Message {
         let n = self.variants.len() as u64;
         let i = usize::try_from(seq % n.max(1)).unwrap_or(0);
         // `i < len` whenever there is a variant, and `new` makes at least one.
@@ -132,7 +131,7 @@ impl Payloads {
     }
 }
 
-static EMPTY: Bytes = Bytes::from_static(b"");
+static EMPTY: Message = Message::Binary(Bytes::from_static(b""));
 
 /// SplitMix64: a small, fast, well-mixed generator; plenty for test data.
 struct SplitMix(u64);
