@@ -274,6 +274,14 @@ async fn session(
                     .await;
                 return CloseCode::GOING_AWAY;
             }
+            Step::Beat if *beat.borrow() == echo::SHUTDOWN => {
+                // A heartbeat shared with `ferrows serve`'s echo demo also
+                // announces the shutdown.
+                let _ = ws
+                    .close(CloseCode::GOING_AWAY, "server shutting down")
+                    .await;
+                return CloseCode::GOING_AWAY;
+            }
             Step::Beat => {
                 if !alive {
                     // Terminate without a close frame: the peer sees 1006.
@@ -355,7 +363,7 @@ pub(crate) async fn serve(args: ChatArgs) -> anyhow::Result<ExitCode> {
     let local = listener.local_addr().context("local address")?;
     tracing::info!("listening on {}", display_addr(local));
     let room = Room::from_args(&args.room);
-    let beat = echo::heartbeat(Duration::from_millis(args.heartbeat_interval));
+    let beat = echo::heartbeat(Duration::from_millis(args.heartbeat_interval), None);
     net::run(listener, opts, move |hs, peer, shutdown| {
         handle(hs, peer, shutdown, room.clone(), beat.clone())
     })

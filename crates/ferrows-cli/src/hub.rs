@@ -89,7 +89,8 @@ async fn route(
         }
         "/echo" => {
             let beat = demos.beat.clone();
-            echo::handle(hs, peer, shutdown, beat, demos.echo, Some(pages::echo())).await;
+            drop(shutdown); // announced through `beat`
+            echo::handle(hs, peer, beat, demos.echo, Some(pages::echo())).await;
         }
         "/chat" => {
             let (room, beat) = (demos.room.clone(), demos.beat.clone());
@@ -126,16 +127,20 @@ pub(crate) async fn serve(args: HubArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(
         "pages: {scheme}://{host}/ (echo console: /echo, chat: /chat, gamepad: /gamepad)"
     );
+    let (stop_tx, _) = watch::channel(false);
     let demos = Arc::new(Demos {
         room: Room::from_args(&args.room),
-        beat: echo::heartbeat(Duration::from_millis(args.heartbeat_interval)),
+        beat: echo::heartbeat(
+            Duration::from_millis(args.heartbeat_interval),
+            Some(stop_tx.subscribe()),
+        ),
         echo: echo::EchoOptions {
             high_water_mark: ECHO_HIGH_WATER_MARK,
         },
         gamepad,
     });
     let served = tokio::select! {
-        served = net::run(listener, opts, move |hs, peer, shutdown| {
+        served = net::run_with_shutdown(listener, opts, stop_tx, move |hs, peer, shutdown| {
             route(hs, peer, shutdown, demos.clone())
         }) => served,
         e = running.failed() => Err(e),

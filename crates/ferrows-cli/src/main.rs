@@ -287,19 +287,14 @@ async fn serve_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
     let listener = net::bind(bind, port)?;
     let local = listener.local_addr().context("local address")?;
     tracing::info!("listening on {}", net::display_addr(local));
-    let beat = echo::heartbeat(Duration::from_millis(heartbeat));
+    // The heartbeat channel also carries the shutdown to every connection.
+    let (stop_tx, _) = tokio::sync::watch::channel(false);
+    let beat = echo::heartbeat(Duration::from_millis(heartbeat), Some(stop_tx.subscribe()));
     let echo_opts = echo::EchoOptions {
         high_water_mark: to_usize(hwm),
     };
-    net::run(listener, opts, move |hs, peer, shutdown| {
-        echo::handle(
-            hs,
-            peer,
-            shutdown,
-            beat.clone(),
-            echo_opts,
-            Some(pages::echo()),
-        )
+    net::run_with_shutdown(listener, opts, stop_tx, move |hs, peer, _shutdown| {
+        echo::handle(hs, peer, beat.clone(), echo_opts, Some(pages::echo()))
     })
     .await?;
     Ok(ExitCode::SUCCESS)

@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -104,10 +103,24 @@ where
     H: Fn(Handshake<Stream>, SocketAddr, watch::Receiver<bool>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    run_with_shutdown(listener, opts, watch::channel(false).0, handler).await
+}
+
+/// [`run`], announcing the shutdown on the caller's `shutdown_tx` (so that
+/// other tasks, such as a heartbeat, can pass it on to connections).
+pub(crate) async fn run_with_shutdown<H, Fut>(
+    listener: TcpListener,
+    opts: NetOptions,
+    shutdown_tx: watch::Sender<bool>,
+    handler: H,
+) -> anyhow::Result<()>
+where
+    H: Fn(Handshake<Stream>, SocketAddr, watch::Receiver<bool>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let shutdown_rx = shutdown_tx.subscribe();
     let tracker = TaskTracker::new();
     let handler = Arc::new(handler);
-    let active = Arc::new(AtomicUsize::new(0));
     let acceptor = opts
         .tls
         .clone()
@@ -132,12 +145,18 @@ where
         let opts = opts.clone();
         let acceptor = acceptor.clone();
         let shutdown = shutdown_rx.clone();
-        let guard = ConnGuard::new(&active);
+        let connections = tracker.clone();
+        // The handshake-phase futures (TLS accept, request head) are boxed:
+        // an async block is as large as its largest await point, and the
+        // task keeps that size for the connection's whole life, idle or not.
         tracker.spawn(async move {
             let stream = match acceptor {
                 None => MaybeTlsStream::Plain(tcp),
                 Some(acceptor) => {
-                    let tls = tokio::time::timeout(opts.config.handshake_timeout, acceptor.accept(tcp));
+                    let tls = Box::pin(tokio::time::timeout(
+                        opts.config.handshake_timeout,
+                        acceptor.accept(tcp),
+                    ));
                     match tls.await {
                         Ok(Ok(s)) => MaybeTlsStream::ServerTls(Box::new(s)),
                         Ok(Err(e)) => {
@@ -155,7 +174,7 @@ where
                 .trace
                 .then(|| Tracer::new(ferrows::Role::Server, format!("[{}] ", display_addr(peer))));
             let stream = Traced::new(stream, tracer);
-            let hs = match Handshake::read(stream, opts.config.clone()).await {
+            let hs = match Box::pin(Handshake::read(stream, opts.config.clone())).await {
                 Ok(hs) => hs.with_peer_addr(peer),
                 Err(e) => {
                     tracing::info!(peer = %display_addr(peer), error = %e, "bad request");
@@ -163,25 +182,31 @@ where
                 }
             };
             if hs.request().is_upgrade() {
-                if guard.count > opts.max_connections {
+                // Every task of the tracker is a connection: this one, the
+                // others still in their handshake, and the established ones.
+                if connections.len() > opts.max_connections {
                     tracing::warn!(peer = %display_addr(peer), max = opts.max_connections, "connection limit reached: 503");
-                    let _ = hs.reject(503, "too many connections").await;
+                    let _ = Box::pin(hs.reject(503, "too many connections")).await;
                     return;
                 }
                 if !origin_allowed(&opts.origins, hs.request().header("origin")) {
                     tracing::warn!(peer = %display_addr(peer), origin = ?hs.request().header("origin"), "origin not allowed: 403");
-                    let _ = hs.reject(403, "origin not allowed").await;
+                    let _ = Box::pin(hs.reject(403, "origin not allowed")).await;
                     return;
                 }
             }
             let mut shutdown = shutdown;
             shutdown.borrow_and_update();
-            handler(hs, peer, shutdown).await;
-            drop(guard);
+            // The connection lives on in a task of its own, holding only its
+            // handler's future: the state of the handshake phase (this
+            // task) is freed now, which keeps idle connections small.
+            // Spawned as it is: wrapping it in another async block would
+            // store it twice (the captured value and the awaited one).
+            connections.spawn(handler(hs, peer, shutdown));
         });
     }
     tracing::info!(
-        connections = active.load(Ordering::Relaxed),
+        connections = tracker.len(),
         "shutting down: closing connections with 1001"
     );
     let _ = shutdown_tx.send(true);
@@ -200,28 +225,6 @@ fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
         return true;
     }
     origin.is_some_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))
-}
-
-/// Counts a live connection; the count includes this one.
-struct ConnGuard {
-    active: Arc<AtomicUsize>,
-    count: usize,
-}
-
-impl ConnGuard {
-    fn new(active: &Arc<AtomicUsize>) -> ConnGuard {
-        let count = active.fetch_add(1, Ordering::Relaxed) + 1;
-        ConnGuard {
-            active: active.clone(),
-            count,
-        }
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.active.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 #[cfg(test)]

@@ -85,7 +85,8 @@ struct MessageState {
 pub struct Decoder {
     role: Role,
     limits: Limits,
-    inflater: Option<Decompressor>,
+    /// Boxed: most connections never compress, and the state is large.
+    inflater: Option<Box<Decompressor>>,
     frame: Option<FrameState>,
     message: Option<MessageState>,
     /// Assembly buffer for fragmented and compressed messages.
@@ -117,7 +118,7 @@ impl Decoder {
         Decoder {
             role,
             limits,
-            inflater,
+            inflater: inflater.map(Box::new),
             frame: None,
             message: None,
             assembly: BytesMut::new(),

@@ -52,13 +52,18 @@ impl std::error::Error for EncodeError {}
 /// least `threshold` bytes long are compressed (RSV1 set).
 pub struct Encoder {
     role: Role,
-    deflate: Option<Compressor>,
+    /// Boxed: most connections never compress, and the state is large.
+    deflate: Option<Box<Deflate>>,
     threshold: usize,
-    /// Compressed output of the message being encoded (reused).
-    scratch: BytesMut,
     /// A fragmented message being sent: whether it is compressed.
     fragmenting: Option<bool>,
     closed: bool,
+}
+
+/// The compressor and a reused buffer for its output.
+struct Deflate {
+    compressor: Compressor,
+    scratch: BytesMut,
 }
 
 impl fmt::Debug for Encoder {
@@ -77,14 +82,19 @@ impl Encoder {
     /// An encoder for `role`, compressing with `deflate` if given.
     pub fn new(role: Role, deflate: Option<(Compressor, usize)>) -> Encoder {
         let (deflate, threshold) = match deflate {
-            Some((c, threshold)) => (Some(c), threshold),
+            Some((compressor, threshold)) => (
+                Some(Box::new(Deflate {
+                    compressor,
+                    scratch: BytesMut::new(),
+                })),
+                threshold,
+            ),
             None => (None, usize::MAX),
         };
         Encoder {
             role,
             deflate,
             threshold,
-            scratch: BytesMut::new(),
             fragmenting: None,
             closed: false,
         }
@@ -126,16 +136,18 @@ impl Encoder {
         if self.fragmenting.is_some() {
             return Err(EncodeError::FragmentInProgress);
         }
-        if let Some(c) = self
+        if let Some(d) = self
             .deflate
             .as_mut()
             .filter(|_| payload.len() >= self.threshold)
         {
-            let mut out = std::mem::take(&mut self.scratch);
+            let mut out = std::mem::take(&mut d.scratch);
             out.clear();
-            c.compress(payload, &mut out);
+            d.compressor.compress(payload, &mut out);
             self.write_frame(true, true, opcode, &out, dst);
-            self.scratch = out;
+            if let Some(d) = self.deflate.as_mut() {
+                d.scratch = out;
+            }
             return Ok(());
         }
         self.write_frame(true, false, opcode, payload, dst);
@@ -225,12 +237,14 @@ impl Encoder {
         let first = self.fragmenting.is_none();
         self.fragmenting = if fin { None } else { Some(compressed) };
         match self.deflate.as_mut().filter(|_| compressed) {
-            Some(c) => {
-                let mut out = std::mem::take(&mut self.scratch);
+            Some(d) => {
+                let mut out = std::mem::take(&mut d.scratch);
                 out.clear();
-                c.compress_fragment(payload, fin, &mut out);
+                d.compressor.compress_fragment(payload, fin, &mut out);
                 self.write_frame(fin, first, wire_opcode, &out, dst);
-                self.scratch = out;
+                if let Some(d) = self.deflate.as_mut() {
+                    d.scratch = out;
+                }
             }
             None => self.write_frame(fin, false, wire_opcode, payload, dst),
         }

@@ -52,6 +52,12 @@ impl Accept {
 /// it, or [`Handshake::respond`] with a plain HTTP response (a page served
 /// on the same port as the WebSocket).
 ///
+/// The futures of the handshake (`read`, `accept*`, `reject*`, `respond`,
+/// and the free functions [`accept`] and [`accept_with`]) are boxed: a
+/// pointer in size. A task that accepts and then serves the connection for
+/// hours stays as small as its serving loop, which matters with many idle
+/// connections.
+///
 /// ```no_run
 /// # async fn demo(stream: tokio::net::TcpStream) -> ferrows::Result<()> {
 /// use ferrows::{Accept, Config, Handshake};
@@ -86,7 +92,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     /// read), [`Error::Handshake`] for a malformed or oversized head (the
     /// 400 or 431 response was written), [`Error::HandshakeTimeout`],
     /// [`Error::Io`].
-    pub async fn read(mut io: S, config: Config) -> Result<Handshake<S>> {
+    pub fn read(io: S, config: Config) -> impl Future<Output = Result<Handshake<S>>> {
+        Box::pin(Self::read_inner(io, config))
+    }
+
+    async fn read_inner(mut io: S, config: Config) -> Result<Handshake<S>> {
         if let Err(e) = config.validate() {
             // The client deserves an answer: 500, best effort.
             let refusal = HandshakeError::new(500, "server misconfigured").to_response();
@@ -159,8 +169,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     /// # Errors
     ///
     /// As [`Handshake::accept_with`].
-    pub async fn accept(self) -> Result<WebSocket<S>> {
-        self.accept_with(Accept::new()).await
+    pub fn accept(self) -> impl Future<Output = Result<WebSocket<S>>> {
+        Box::pin(self.accept_with_inner(Accept::new()))
     }
 
     /// Validates the request as a WebSocket upgrade (RFC 6455 §4.2.1),
@@ -171,7 +181,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     /// [`Error::Handshake`] if the request is not a valid upgrade: the
     /// 400 (or 426 for a wrong version) response was written. [`Error::Io`]
     /// if writing fails.
-    pub async fn accept_with(mut self, accept: Accept) -> Result<WebSocket<S>> {
+    pub fn accept_with(self, accept: Accept) -> impl Future<Output = Result<WebSocket<S>>> {
+        Box::pin(self.accept_with_inner(accept))
+    }
+
+    async fn accept_with_inner(mut self, accept: Accept) -> Result<WebSocket<S>> {
         let upgrade = match validate_request(&self.request) {
             Ok(u) => u,
             Err(e) => {
@@ -217,8 +231,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     /// # Errors
     ///
     /// [`Error::Io`] if writing fails.
-    pub async fn reject(mut self, status: u16, reason: &str) -> Result<()> {
+    pub fn reject(self, status: u16, reason: &str) -> impl Future<Output = Result<()>> {
         let e = HandshakeError::new(status, reason.to_owned());
+        Box::pin(self.send_refusal(e))
+    }
+
+    async fn send_refusal(mut self, e: HandshakeError) -> Result<()> {
         self.write_within_timeout(&e.to_response()).await
     }
 
@@ -227,8 +245,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     /// # Errors
     ///
     /// [`Error::Io`] if writing fails.
-    pub async fn reject_with(mut self, reject: &Reject) -> Result<()> {
-        self.write_within_timeout(&reject.to_response()).await
+    pub fn reject_with(self, reject: &Reject) -> impl Future<Output = Result<()>> {
+        Box::pin(self.send_refusal(reject.clone()))
     }
 
     /// Answers with a plain HTTP response and closes: for serving a page
@@ -237,14 +255,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     /// # Errors
     ///
     /// [`Error::Io`] if writing fails.
-    pub async fn respond(
-        mut self,
+    pub fn respond(
+        self,
         status: u16,
         headers: &[(String, String)],
         content_type: &str,
         body: &[u8],
-    ) -> Result<()> {
-        let mut response = handshake::http_response(status, headers, content_type, body);
+    ) -> impl Future<Output = Result<()>> {
+        let response = handshake::http_response(status, headers, content_type, body);
+        Box::pin(self.send_response(response))
+    }
+
+    async fn send_response(mut self, mut response: Vec<u8>) -> Result<()> {
         if self.request.method() == "HEAD" {
             let head_len = response
                 .windows(4)
@@ -293,8 +315,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
 /// # Errors
 ///
 /// As [`Handshake::read`] and [`Handshake::accept_with`].
-pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(io: S) -> Result<WebSocket<S>> {
-    Handshake::read(io, Config::default()).await?.accept().await
+pub fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    io: S,
+) -> impl Future<Output = Result<WebSocket<S>>> {
+    Box::pin(async move { Handshake::read(io, Config::default()).await?.accept().await })
 }
 
 /// Accepts a WebSocket on `io` with `config`, letting `callback` inspect
@@ -319,7 +343,19 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(io: S) -> Result<WebSocke
 ///
 /// [`Error::Handshake`] with the callback's refusal (after it was sent), or
 /// as [`accept`].
-pub async fn accept_with<S, F>(io: S, config: Config, callback: F) -> Result<WebSocket<S>>
+pub fn accept_with<S, F>(
+    io: S,
+    config: Config,
+    callback: F,
+) -> impl Future<Output = Result<WebSocket<S>>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Request) -> std::result::Result<Accept, Reject>,
+{
+    Box::pin(accept_with_inner(io, config, callback))
+}
+
+async fn accept_with_inner<S, F>(io: S, config: Config, callback: F) -> Result<WebSocket<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Request) -> std::result::Result<Accept, Reject>,
