@@ -18,8 +18,14 @@ use crate::broadcast::Prepared;
 use crate::error::Error;
 use crate::message::Message;
 
-/// Read at least this much at a time.
+/// Reads start at this size...
 const MIN_READ: usize = 8 * 1024;
+/// ...and double, up to this, while each read fills what it was given: a
+/// pipelining peer's whole burst then arrives in one read, and is answered
+/// with one write. Reads that come back small shrink it again, so a
+/// connection with light traffic never holds (or pins, through the payloads
+/// it hands out without copying) a large buffer.
+const MAX_READ: usize = 256 * 1024;
 /// At most this many slices per vectored write.
 const MAX_IOVECS: usize = 64;
 /// Idle buffers above this capacity are released: all of them, so an idle
@@ -231,6 +237,8 @@ pub(crate) struct ReadCore {
     close_timeout: Duration,
     timer: Option<Pin<Box<Sleep>>>,
     fragment_mode: bool,
+    /// How much the next read asks for (between MIN_READ and MAX_READ).
+    read_size: u32,
 }
 
 impl ReadCore {
@@ -250,6 +258,7 @@ impl ReadCore {
             close_timeout,
             timer: None,
             fragment_mode: false,
+            read_size: MIN_READ as u32,
         }
     }
 
@@ -388,7 +397,8 @@ impl ReadCore {
                 // cannot grow our queue (pongs) without bound.
                 return Poll::Pending;
             }
-            self.buf.reserve(self.decoder.bytes_needed().max(MIN_READ));
+            let want = self.read_size as usize;
+            self.buf.reserve(self.decoder.bytes_needed().max(want));
             match t.poll_read(cx, &mut self.buf) {
                 Poll::Pending => {
                     if self.buf.is_empty() && !self.decoder.is_mid_message() {
@@ -404,7 +414,15 @@ impl ReadCore {
                     self.finish(t, cx);
                     return Poll::Ready(Some(Err(Error::AbnormalClosure)));
                 }
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(n)) => {
+                    self.read_size = if n >= want {
+                        (want * 2).min(MAX_READ) as u32
+                    } else if n < want / 4 {
+                        (want / 2).max(MIN_READ) as u32
+                    } else {
+                        want as u32
+                    };
+                }
                 Poll::Ready(Err(e)) => {
                     self.finish(t, cx);
                     return Poll::Ready(Some(Err(Error::Io(e))));
