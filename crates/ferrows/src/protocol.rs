@@ -317,15 +317,7 @@ impl ReadCore {
                 ReadState::Done => return Poll::Ready(None),
                 ReadState::Open => {}
                 ReadState::Replying(_) => {
-                    let server = self.role == Role::Server;
-                    let flushed = t.with_write(cx, |w, io, cx| {
-                        if server {
-                            w.poll_shutdown(io, cx)
-                        } else {
-                            w.poll_flush(io, cx)
-                        }
-                    });
-                    if flushed.is_pending() && self.poll_timer(cx, deadline).is_pending() {
+                    if self.poll_close_out(t, cx, deadline).is_pending() {
                         return Poll::Pending;
                     }
                     // A write error or a stuck peer here only means the
@@ -336,7 +328,7 @@ impl ReadCore {
                         continue;
                     };
                     self.timer = None;
-                    if server {
+                    if self.role == Role::Server {
                         // The handshake is over and our FIN is out: a server
                         // closes first (RFC 6455 §7.1.1) and does not wait
                         // for the client's FIN. A client waits for the
@@ -346,15 +338,7 @@ impl ReadCore {
                     return Poll::Ready(Some(Ok(Message::Close(frame))));
                 }
                 ReadState::Failing(_) => {
-                    let server = self.role == Role::Server;
-                    let flushed = t.with_write(cx, |w, io, cx| {
-                        if server {
-                            w.poll_shutdown(io, cx)
-                        } else {
-                            w.poll_flush(io, cx)
-                        }
-                    });
-                    if flushed.is_pending() && self.poll_timer(cx, deadline).is_pending() {
+                    if self.poll_close_out(t, cx, deadline).is_pending() {
                         return Poll::Pending;
                     }
                     let ReadState::Failing(err) =
@@ -486,6 +470,30 @@ impl ReadCore {
                 self.state = ReadState::Failing(Some(Error::Protocol(e)));
                 Decoded::StateChanged
             }
+        }
+    }
+
+    /// Writes our close frame out (a server also shuts its write side
+    /// down); ready when done, or when the close timeout passed: a peer that
+    /// stopped reading is gone either way.
+    fn poll_close_out<T: Transport>(
+        &mut self,
+        t: &mut T,
+        cx: &mut Context<'_>,
+        deadline: impl FnOnce() -> Instant,
+    ) -> Poll<()> {
+        let server = self.role == Role::Server;
+        let flushed = t.with_write(cx, |w, io, cx| {
+            if server {
+                w.poll_shutdown(io, cx)
+            } else {
+                w.poll_flush(io, cx)
+            }
+        });
+        if flushed.is_pending() && self.poll_timer(cx, deadline).is_pending() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
         }
     }
 
