@@ -195,8 +195,9 @@ where
                     return;
                 }
             }
-            let mut shutdown = shutdown;
-            shutdown.borrow_and_update();
+            // `shutdown` was cloned from a receiver that has seen only the
+            // initial `false`: a shutdown that happened during this
+            // handshake is still news to the handler.
             // The connection lives on in a task of its own, holding only its
             // handler's future: the state of the handshake phase (this
             // task) is freed now, which keeps idle connections small.

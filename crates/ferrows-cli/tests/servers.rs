@@ -748,6 +748,73 @@ async fn chat_sigterm_closes_every_client_with_1001_and_exits_0() {
     }
 }
 
+/// Regression: a connection still in its opening handshake when SIGTERM
+/// arrives must be told at once too (it used to miss the shutdown and wait
+/// out the 5 s grace period).
+#[tokio::test]
+async fn sigterm_during_a_handshake_still_closes_that_client_with_1001() {
+    use ferrows::proto::frame::{FrameHeader, HeaderDecode};
+    use tokio::io::AsyncWriteExt;
+    let mut server = Server::start(&["serve", "chat", "--port", "0", "--tick", "0"]);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], server.port()));
+    let request = support::upgrade_request(addr, "/", "");
+    let (first, rest) = request.split_at(request.len() / 2);
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(first.as_bytes()).await.unwrap();
+    server
+        .wait_log(&["listening"], Duration::from_secs(5))
+        .await;
+    // The half request is accepted and read before the signal arrives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.send_sigterm();
+    let signalled = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tcp.write_all(rest.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let closed_with = within(10, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "EOF without a close frame: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+            let Some(head_end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            assert!(
+                got.starts_with(b"HTTP/1.1 101"),
+                "{}",
+                String::from_utf8_lossy(&got)
+            );
+            let mut rest = &got[head_end + 4..];
+            while let Ok(HeaderDecode::Complete(h, n)) = FrameHeader::decode(rest) {
+                let len = h.payload_len as usize;
+                if rest.len() < n + len {
+                    break;
+                }
+                if h.opcode == OpCode::Close {
+                    return u16::from_be_bytes([rest[n], rest[n + 1]]);
+                }
+                rest = &rest[n + len..];
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed_with, 1001);
+    // Told by the shutdown itself, not by the end of the 5 s grace period
+    // (when the chat room is dropped, which also closes with 1001).
+    let waited = signalled.elapsed();
+    assert!(
+        waited < Duration::from_secs(4),
+        "closed {waited:?} after SIGTERM"
+    );
+    let status = server.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+}
+
 // --------------------------------------------------------------------- serve
 
 const SERVE: &[&str] = &["serve", "--port", "0"];

@@ -182,14 +182,24 @@ impl Server {
         }
     }
 
-    /// Sends SIGTERM and waits (bounded) for the exit.
-    pub(crate) async fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+    /// Sends SIGTERM without waiting.
+    pub(crate) fn send_sigterm(&self) {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit.
+    pub(crate) async fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        self.send_sigterm();
+        self.wait_exit(timeout).await
+    }
+
+    /// Waits (bounded) for the exit.
+    pub(crate) async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -197,7 +207,7 @@ impl Server {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "the server did not exit within {timeout:?} of SIGTERM; log:\n{}",
+                    "the server did not exit within {timeout:?}; log:\n{}",
                     self.log()
                 );
             }
