@@ -156,11 +156,6 @@ impl Decoder {
         self.want
     }
 
-    /// Memory held by the assembly buffer (for accounting and shrinking).
-    pub fn buffered_capacity(&self) -> usize {
-        self.assembly.capacity()
-    }
-
     /// Releases the assembly buffer if no message is in progress.
     pub fn shrink(&mut self) {
         if self.message.is_none() && self.assembly.is_empty() {

@@ -180,6 +180,12 @@ impl Encoder {
         Ok(())
     }
 
+    /// Whether [`Encoder::shared_frame`] can queue data frames encoded once
+    /// for many connections: only a server that does not compress.
+    pub fn shares_frames(&self) -> bool {
+        self.role == Role::Server && self.deflate.is_none() && !self.closed
+    }
+
     /// Queues a frame that was encoded once for many connections (see
     /// [`encode_server_frame`]), without encoding it again.
     ///
@@ -339,8 +345,8 @@ impl Encoder {
         };
         let mut buf = [0u8; MAX_HEADER_LEN];
         let n = header.encode(&mut buf);
+        dst.reserve(n + payload.len());
         let tail = dst.tail_mut();
-        tail.reserve(n + payload.len());
         tail.extend_from_slice(buf.get(..n).unwrap_or_default());
         let start = tail.len();
         tail.extend_from_slice(payload);

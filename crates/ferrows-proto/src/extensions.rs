@@ -16,6 +16,8 @@
 
 use std::fmt;
 
+use crate::handshake::{is_tchar, is_token};
+
 /// One extension in a Sec-WebSocket-Extensions list: a name and its parameters, in order.
 ///
 /// Parsed values have their quotes removed and backslash escapes resolved, so
@@ -50,8 +52,9 @@ impl ExtensionOffer {
 
 impl fmt::Display for ExtensionOffer {
     /// Writes the canonical form `name; p1; p2=v`. A value that is not a
-    /// token (only possible for a hand-built offer: [`parse`] rejects those) is
-    /// written as a quoted-string, so the output always parses again.
+    /// token (only possible for a hand-built offer) is written as a
+    /// quoted-string, which is valid header syntax; [`parse`], following
+    /// RFC 6455 §9.1, accepts a quoted value only if it is a token unquoted.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name)?;
         for (key, value) in &self.params {
@@ -174,33 +177,6 @@ pub fn parse(header_value: &str) -> Result<Vec<ExtensionOffer>, ExtensionParseEr
         return Err(cur.error("empty extension list"));
     }
     Ok(out)
-}
-
-/// Whether `s` is a non-empty RFC 7230 token.
-fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(is_tchar)
-}
-
-/// RFC 7230 `tchar`.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
-        )
 }
 
 /// A position in the header value.

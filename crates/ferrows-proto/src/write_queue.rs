@@ -11,6 +11,10 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 /// the common case a single `write`).
 const COPY_THRESHOLD: usize = 1024;
 
+/// An empty queue's first allocation: a batch of small frames fits, so it
+/// does not regrow by doubling from a few bytes after every flush.
+const FIRST_CHUNK: usize = 4096;
+
 /// Bytes waiting to be written, in order.
 ///
 /// Small writes go to one contiguous buffer; large shared payloads
@@ -50,13 +54,14 @@ impl WriteQueue {
     /// Appends a copy of `bytes`.
     #[inline]
     pub fn put_slice(&mut self, bytes: &[u8]) {
+        self.reserve(bytes.len());
         self.tail.extend_from_slice(bytes);
     }
 
     /// Appends `bytes`, by reference if large, else by copy.
     pub fn put_bytes(&mut self, bytes: Bytes) {
         if bytes.len() <= COPY_THRESHOLD {
-            self.tail.extend_from_slice(&bytes);
+            self.put_slice(&bytes);
             return;
         }
         if !self.tail.is_empty() {
@@ -74,9 +79,15 @@ impl WriteQueue {
         &mut self.tail
     }
 
-    /// Reserves room for at least `additional` more contiguous bytes.
+    /// Reserves room for at least `additional` more contiguous bytes (at
+    /// least 4 KiB when the buffer has none).
+    #[inline]
     pub fn reserve(&mut self, additional: usize) {
-        self.tail.reserve(additional);
+        if self.tail.capacity() == 0 {
+            self.tail.reserve(additional.max(FIRST_CHUNK));
+        } else {
+            self.tail.reserve(additional);
+        }
     }
 
     /// Fills `dst` with slices of the queued bytes, in order, and returns

@@ -317,6 +317,11 @@ impl Member {
         self.rx.recv().await
     }
 
+    /// Polls for the next message; see [`Member::recv`].
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Prepared>> {
+        self.rx.poll_recv(cx)
+    }
+
     /// A queued message, if one is ready, without waiting.
     pub fn try_recv(&mut self) -> Option<Prepared> {
         self.rx.try_recv().ok()

@@ -50,7 +50,8 @@
 //! and never makes the server buffer without bound.
 //!
 //! A broadcast is encoded once ([`crate::Prepared`]) and the same frame
-//! bytes are queued for every client: no copy and no re-encoding per client
+//! bytes are queued for every client, not re-encoded per client: by
+//! reference for frames over 1 KiB, by a plain copy for smaller ones
 //! (unless compression is enabled, which needs a per-connection encoder).
 
 use std::collections::HashMap;
@@ -360,8 +361,8 @@ impl Server {
         tracing::info!(clients = tasks.len(), "shutting down");
         token.cancel();
         drop(listener);
-        // Each task ends within its close timeout twice over (our close
-        // frame, then the TCP close); anything left after that is stuck.
+        // Each task ends within its close timeout twice over (writing our
+        // close frame, then the client's answer); anything left is stuck.
         let grace = shared.config.close_timeout.saturating_mul(2) + Duration::from_secs(1);
         let drain = async {
             while let Some(joined) = tasks.join_next().await {
@@ -443,7 +444,8 @@ impl ServerHandle {
     }
 
     /// Queues `message` for every connected client and returns how many
-    /// took it. The message is encoded once and its frame shared by all.
+    /// took it. The message is encoded once and its frame bytes reused for
+    /// all (see the module docs).
     /// Clients whose queue is full are closed with 1008 as too slow.
     pub fn broadcast(&self, message: impl Into<Prepared>) -> usize {
         match self.inner.hub.get() {
@@ -641,22 +643,12 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     }
 }
 
-/// Sends `frame` and waits for the client's answer (discarding messages
-/// that still arrive), within the close timeout. Unlike
-/// [`WebSocket::close`] it does not then wait for the client to close the
-/// TCP connection: the server closes it first (RFC 6455 §7.1.1).
+/// Closes with `frame` and waits for the client's answer (discarding what
+/// still arrives), within the close timeout; a server then closes TCP first
+/// (RFC 6455 §7.1.1), as [`WebSocket::close`] does.
 async fn close_handshake(ws: &mut WebSocket<TcpStream>, frame: CloseFrame, id: u64) {
-    // Fails only if the connection is closed already.
-    let _ = ws.queue(Message::Close(Some(frame)));
-    while let Some(item) = ws.recv().await {
-        match item {
-            Ok(Message::Close(_)) => return,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!(id, error = %e, "close handshake failed");
-                return;
-            }
-        }
+    if let Err(e) = ws.close(frame.code, frame.reason()).await {
+        tracing::debug!(id, error = %e, "close handshake failed");
     }
 }
 
@@ -761,9 +753,7 @@ impl Conn {
                     break;
                 }
                 budget -= 1;
-                // `Member::recv` is cancel safe and its waker registration
-                // outlives the future, so a fresh future per poll is fine.
-                let next = pin!(member.recv()).poll(cx);
+                let next = member.poll_recv(cx);
                 match next {
                     Poll::Ready(Some(prepared)) => {
                         // Fails only once the connection is closing, which

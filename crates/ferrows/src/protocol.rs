@@ -110,7 +110,13 @@ impl WriteCore {
         if self.broken || self.ended {
             return Err(Error::Closed);
         }
-        if let Some((opcode, frame)) = prepared.server_frame() {
+        // The shared frame is built (once, for all) only where it is used.
+        if let Some((opcode, frame)) = self
+            .encoder
+            .shares_frames()
+            .then(|| prepared.server_frame())
+            .flatten()
+        {
             if self.encoder.shared_frame(opcode, frame, &mut self.queue)? {
                 if opcode == OpCode::Close {
                     self.close_sent_at = Some(Instant::now());

@@ -541,8 +541,9 @@ impl EventClient {
     /// Closes the connection cleanly with `code` and `reason` (discarding
     /// data that still arrives), then stops for good: no reconnection. Waits
     /// until the client has finished, at most about twice the close timeout.
-    /// [`Event::Closed`] (or [`Event::Disconnected`] if the server does not
-    /// answer) and [`Event::Finish`] follow.
+    /// If connected, [`Event::Closed`] (or [`Event::Disconnected`] if the
+    /// server does not answer) follows; then, in every case (also while
+    /// connecting or waiting to reconnect), [`Event::Finish`].
     pub async fn close(&self, code: impl Into<CloseCode>, reason: &str) {
         self.shared
             .request(LocalEnd::Close(CloseFrame::new(code, reason)));
