@@ -24,8 +24,9 @@ use ferrows::{CloseCode, Config, Handshake, Hub, Member, Message, Prepared, WebS
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::net::{self, Stream, display_addr};
-use crate::{CommonArgs, echo, pages};
+use crate::heartbeat::{self, Liveness, OnBeat, close_for_shutdown};
+use crate::net::{self, Io, Stream, display_addr};
+use crate::{CommonArgs, pages};
 
 /// Stop taking messages from a client's queue while this many bytes are
 /// waiting to be written to its socket.
@@ -36,6 +37,32 @@ const MIN_TICK: Duration = Duration::from_millis(10);
 
 /// The longest tick accepted (a day).
 const MAX_TICK: Duration = Duration::from_secs(24 * 3600);
+
+/// Message limit and heartbeat, for `serve chat` and `ferrows serve`.
+#[derive(Args, Debug)]
+pub(crate) struct SessionArgs {
+    /// Close with 1009 on larger messages (bytes)
+    #[arg(long, value_name = "BYTES", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
+    pub(crate) max_message_size: u64,
+    /// Ping every client this often (ms); terminate those silent since the last ping
+    #[arg(long, value_name = "MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub(crate) heartbeat_interval: u64,
+}
+
+impl SessionArgs {
+    /// The message limit as a `Config` (frames bounded by it too).
+    pub(crate) fn config(&self) -> Config {
+        let max = usize::try_from(self.max_message_size).unwrap_or(usize::MAX);
+        Config::default().max_message_size(max).max_frame_size(max)
+    }
+
+    /// A heartbeat at the interval, announcing `shutdown` too.
+    pub(crate) fn heartbeat(&self, shutdown: watch::Receiver<bool>) -> watch::Receiver<u64> {
+        heartbeat::heartbeat(Duration::from_millis(self.heartbeat_interval), shutdown)
+    }
+}
 
 /// `ferrows serve chat`.
 #[derive(Args, Debug)]
@@ -48,14 +75,8 @@ pub(crate) struct ChatArgs {
     port: u16,
     #[command(flatten)]
     room: RoomArgs,
-    /// Close with 1009 on larger messages (bytes)
-    #[arg(long, value_name = "BYTES", default_value_t = 65_536,
-          value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
-    max_message_size: u64,
-    /// Ping every client this often (ms); terminate those silent since the last ping
-    #[arg(long, value_name = "MS", default_value_t = 30_000,
-          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
-    heartbeat_interval: u64,
+    #[command(flatten)]
+    session: SessionArgs,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -184,7 +205,6 @@ async fn tick_loop(hub: Hub, every: Duration) {
 pub(crate) async fn handle(
     mut hs: Handshake<Stream>,
     peer: SocketAddr,
-    shutdown: watch::Receiver<bool>,
     room: Room,
     beat: watch::Receiver<u64>,
 ) {
@@ -205,7 +225,7 @@ pub(crate) async fn handle(
     let id = member.id();
     tracing::info!(peer = %display_addr(peer), %path, client = id, compression = ws.compression().is_some(), "open");
     room.hub.broadcast(format!("msg:* client {id} joined"));
-    let code = session(&mut ws, &mut member, &room.hub, shutdown, beat, peer).await;
+    let code = session(&mut ws, &mut member, &room.hub, beat, peer).await;
     drop(member);
     room.hub.broadcast(format!("msg:* client {id} left"));
     // After a close frame from the peer: wait for the TCP close (bounded
@@ -215,12 +235,10 @@ pub(crate) async fn handle(
 }
 
 enum Step {
-    Shutdown,
     Beat,
     Queued(Option<Prepared>),
     Lagged,
-    Flushed(ferrows::Result<()>),
-    Received(Option<ferrows::Result<Message>>),
+    Io(Io),
 }
 
 /// Runs one client until its connection ends; returns the close code that
@@ -229,26 +247,17 @@ async fn session(
     ws: &mut WebSocket<Stream>,
     member: &mut Member,
     hub: &Hub,
-    mut shutdown: watch::Receiver<bool>,
     mut beat: watch::Receiver<u64>,
     peer: SocketAddr,
 ) -> CloseCode {
-    // Only the next heartbeat tick counts, not one from before we joined.
-    beat.borrow_and_update();
-    let mut alive = true;
+    let Some(mut live) = Liveness::start(&mut beat) else {
+        return close_for_shutdown(ws).await;
+    };
     let mut binary_seen = 0u64;
     loop {
         // Backed up: stop taking from the hub queue (it fills, and the hub
-        // drops us if it overflows) and stop reading (recv would not read
-        // either); just write.
+        // drops us if it overflows) and stop reading; just write.
         let backed_up = ws.buffered_amount() >= HIGH_WATER_MARK;
-        let io = async {
-            if backed_up {
-                Step::Flushed(ws.flush().await)
-            } else {
-                Step::Received(ws.recv().await)
-            }
-        };
         // While backed up, the hub queue is left to fill; the hub wakes us
         // at once if it overflows and we are dropped.
         let queued = async {
@@ -262,37 +271,19 @@ async fn session(
         // Unbiased: neither a busy room nor a chatty client starves the
         // other direction.
         let step = tokio::select! {
-            _ = shutdown.changed() => Step::Shutdown,
             _ = beat.changed() => Step::Beat,
             step = queued => step,
-            step = io => step,
+            io = net::io(ws, backed_up) => Step::Io(io),
         };
         match step {
-            Step::Shutdown => {
-                let _ = ws
-                    .close(CloseCode::GOING_AWAY, "server shutting down")
-                    .await;
-                return CloseCode::GOING_AWAY;
-            }
-            Step::Beat if *beat.borrow() == echo::SHUTDOWN => {
-                // A heartbeat shared with `ferrows serve`'s echo demo also
-                // announces the shutdown.
-                let _ = ws
-                    .close(CloseCode::GOING_AWAY, "server shutting down")
-                    .await;
-                return CloseCode::GOING_AWAY;
-            }
-            Step::Beat => {
-                if !alive {
-                    // Terminate without a close frame: the peer sees 1006.
+            Step::Beat => match live.tick(&beat, ws) {
+                OnBeat::Pinged => {}
+                OnBeat::Shutdown => return close_for_shutdown(ws).await,
+                OnBeat::Dead => {
                     tracing::info!(peer = %display_addr(peer), client = member.id(), "no sign of life since the last ping: terminating");
                     return CloseCode::ABNORMAL;
                 }
-                alive = false;
-                if ws.queue(Message::Ping(bytes::Bytes::new())).is_err() {
-                    return CloseCode::ABNORMAL;
-                }
-            }
+            },
             Step::Queued(Some(prepared)) => {
                 if ws.queue_prepared(&prepared).is_err() {
                     return CloseCode::ABNORMAL;
@@ -321,14 +312,14 @@ async fn session(
                     return CloseCode::GOING_AWAY;
                 }
             }
-            Step::Flushed(Ok(())) => {}
-            Step::Flushed(Err(_)) | Step::Received(None) => return CloseCode::ABNORMAL,
-            Step::Received(Some(Err(e))) => {
+            Step::Io(Io::Flushed(Ok(()))) => {}
+            Step::Io(Io::Flushed(Err(_)) | Io::Received(None)) => return CloseCode::ABNORMAL,
+            Step::Io(Io::Received(Some(Err(e)))) => {
                 tracing::debug!(peer = %display_addr(peer), error = %e, "connection failed");
                 return e.close_code().unwrap_or(CloseCode::ABNORMAL);
             }
-            Step::Received(Some(Ok(msg))) => {
-                alive = true;
+            Step::Io(Io::Received(Some(Ok(msg)))) => {
+                live.saw_life();
                 match msg {
                     Message::Text(text) => {
                         hub.broadcast(format!("msg:{}", text.as_str()));
@@ -354,18 +345,16 @@ async fn session(
 
 /// `ferrows serve chat`: the chat alone, its page on every path.
 pub(crate) async fn serve(args: ChatArgs) -> anyhow::Result<ExitCode> {
-    let max_message = usize::try_from(args.max_message_size).unwrap_or(usize::MAX);
-    let config = Config::default()
-        .max_message_size(max_message)
-        .max_frame_size(max_message);
-    let opts = crate::net_options(&args.common, config)?;
+    let opts = crate::net_options(&args.common, args.session.config())?;
     let listener = net::bind(args.bind, args.port)?;
     let local = listener.local_addr().context("local address")?;
     tracing::info!("listening on {}", display_addr(local));
     let room = Room::from_args(&args.room);
-    let beat = echo::heartbeat(Duration::from_millis(args.heartbeat_interval), None);
-    net::run(listener, opts, move |hs, peer, shutdown| {
-        handle(hs, peer, shutdown, room.clone(), beat.clone())
+    // The heartbeat channel also carries the shutdown to every connection.
+    let (stop_tx, _) = watch::channel(false);
+    let beat = args.session.heartbeat(stop_tx.subscribe());
+    net::run_with_shutdown(listener, opts, stop_tx, move |hs, peer, _shutdown| {
+        handle(hs, peer, room.clone(), beat.clone())
     })
     .await?;
     Ok(ExitCode::SUCCESS)

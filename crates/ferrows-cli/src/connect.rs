@@ -91,8 +91,8 @@ pub(crate) fn parse_secs(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
-/// `Name: value`.
-fn parse_header(s: &str) -> Result<(String, String), String> {
+/// `Name: value`, for `-H`.
+pub(crate) fn parse_header(s: &str) -> Result<(String, String), String> {
     let (name, value) = s
         .split_once(':')
         .ok_or_else(|| format!("{s:?}: a header is 'Name: value'"))?;

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::chat::{Room, RoomArgs};
 use crate::net::{self, Stream, display_addr};
-use crate::{CommonArgs, chat, echo, gamepad, pages};
+use crate::{CommonArgs, chat, echo, gamepad, heartbeat, pages};
 
 /// The echo demo's write high-water mark: websocket-echo-server's default.
 const ECHO_HIGH_WATER_MARK: usize = 16_384;
@@ -87,14 +87,11 @@ async fn route(
             let text = "no WebSocket at /: connect to /echo, /chat or /gamepad";
             pages::not_found(hs, peer, text).await;
         }
-        "/echo" => {
-            let beat = demos.beat.clone();
-            drop(shutdown); // announced through `beat`
-            echo::handle(hs, peer, beat, demos.echo, Some(pages::echo())).await;
-        }
+        // Echo and chat learn of the shutdown through `beat`.
+        "/echo" => echo::handle(hs, peer, demos.beat.clone(), demos.echo).await,
         "/chat" => {
             let (room, beat) = (demos.room.clone(), demos.beat.clone());
-            chat::handle(hs, peer, shutdown, room, beat).await;
+            chat::handle(hs, peer, room, beat).await;
         }
         GAMEPAD => gamepad::handle(hs, peer, shutdown, demos.gamepad.clone()).await,
         _ => {
@@ -106,12 +103,11 @@ async fn route(
 
 /// `ferrows serve`: the landing page and every demo on one port.
 pub(crate) async fn serve(args: HubArgs) -> anyhow::Result<ExitCode> {
+    // Settings of every route; each demo adds its own when it accepts.
     let max_message = usize::try_from(args.max_message_size).unwrap_or(usize::MAX);
     let config = Config::default()
         .max_message_size(max_message)
-        .max_frame_size(max_message)
-        .max_fragments(ECHO_MAX_FRAGMENTS)
-        .write_high_water_mark(ECHO_HIGH_WATER_MARK);
+        .max_frame_size(max_message);
     let opts = crate::net_options(&args.common, config)?;
     // The output first: a bad GPIO setup fails before anyone can connect.
     let (gamepad, mut running) = gamepad::start(&args.gamepad)?;
@@ -130,12 +126,13 @@ pub(crate) async fn serve(args: HubArgs) -> anyhow::Result<ExitCode> {
     let (stop_tx, _) = watch::channel(false);
     let demos = Arc::new(Demos {
         room: Room::from_args(&args.room),
-        beat: echo::heartbeat(
+        beat: heartbeat::heartbeat(
             Duration::from_millis(args.heartbeat_interval),
-            Some(stop_tx.subscribe()),
+            stop_tx.subscribe(),
         ),
         echo: echo::EchoOptions {
             high_water_mark: ECHO_HIGH_WATER_MARK,
+            max_fragments: ECHO_MAX_FRAGMENTS,
         },
         gamepad,
     });

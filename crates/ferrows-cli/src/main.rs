@@ -7,6 +7,7 @@ mod decode;
 mod echo;
 mod env;
 mod gamepad;
+mod heartbeat;
 mod hub;
 mod net;
 mod pages;
@@ -283,23 +284,24 @@ async fn serve_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
         256,
     )?;
     let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    // The echo-specific limits (fragments, high-water mark) travel in
+    // EchoOptions, as they do for the /echo route of `ferrows serve`.
     let config = Config::default()
         .max_message_size(to_usize(max_message))
-        .max_frame_size(to_usize(max_message))
-        .max_fragments(to_usize(max_fragments))
-        .write_high_water_mark(to_usize(hwm));
+        .max_frame_size(to_usize(max_message));
     let opts = net_options(&args.common, config)?;
     let listener = net::bind(bind, port)?;
     let local = listener.local_addr().context("local address")?;
     tracing::info!("listening on {}", net::display_addr(local));
     // The heartbeat channel also carries the shutdown to every connection.
     let (stop_tx, _) = tokio::sync::watch::channel(false);
-    let beat = echo::heartbeat(Duration::from_millis(heartbeat), Some(stop_tx.subscribe()));
+    let beat = heartbeat::heartbeat(Duration::from_millis(heartbeat), stop_tx.subscribe());
     let echo_opts = echo::EchoOptions {
         high_water_mark: to_usize(hwm),
+        max_fragments: to_usize(max_fragments),
     };
     net::run_with_shutdown(listener, opts, stop_tx, move |hs, peer, _shutdown| {
-        echo::handle(hs, peer, beat.clone(), echo_opts, Some(pages::echo()))
+        echo::handle(hs, peer, beat.clone(), echo_opts)
     })
     .await?;
     Ok(ExitCode::SUCCESS)

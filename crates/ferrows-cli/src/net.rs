@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ferrows::{Config, Handshake, MaybeTlsStream};
+use ferrows::{Config, Handshake, MaybeTlsStream, Message, WebSocket};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -31,6 +31,25 @@ pub(crate) struct NetOptions {
     pub(crate) origins: Vec<String>,
     /// Print each connection's handshake and frames to stderr (`--trace`).
     pub(crate) trace: bool,
+}
+
+/// One step of a connection's I/O.
+pub(crate) enum Io {
+    /// Backed up: everything queued was written (or writing failed).
+    Flushed(ferrows::Result<()>),
+    /// What `recv()` returned.
+    Received(Option<ferrows::Result<Message>>),
+}
+
+/// While `backed_up`, only writes (reading would not help: `recv()` stops
+/// reading past the high-water mark too, and the peer must drain first);
+/// otherwise receives, which also writes what is queued.
+pub(crate) async fn io(ws: &mut WebSocket<Stream>, backed_up: bool) -> Io {
+    if backed_up {
+        Io::Flushed(ws.flush().await)
+    } else {
+        Io::Received(ws.recv().await)
+    }
 }
 
 /// Binds `addr:port` with a large backlog; `::` is dual-stack (IPv4

@@ -17,22 +17,22 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use clap::Args;
+use ferrows::proto::Decoder;
 use ferrows::proto::deflate::{self, DeflateConfig};
-use ferrows::proto::frame::{FrameHeader, HeaderDecode};
 use ferrows::proto::handshake::{
     ClientHandshakeError, ClientRequest, HandshakeLimits, Response, accept_key, diagnose_accept,
     generate_key, parse_response, validate_response,
 };
 use ferrows::tls::rustls::ClientConfig;
 use ferrows::{
-    CloseCode, CloseFrame, Config, Fragment, MaybeTlsStream, Message, Negotiated, OpCode, Role,
-    WebSocket, WsUrl,
+    CloseCode, CloseFrame, Config, Fragment, Limits, MaybeTlsStream, Message, Negotiated, OpCode,
+    Role, WebSocket, WsUrl,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::connect::{open_stream, parse_secs, tls_config};
+use crate::connect::{open_stream, parse_header, parse_secs, tls_config};
 use crate::trace::{Traced, Tracer, escape_controls, hex_preview, millis, quoted};
 
 /// Arguments of `ferrows probe`.
@@ -60,16 +60,6 @@ pub(crate) struct ProbeArgs {
     /// Print every handshake and frame, both directions, to stderr.
     #[arg(long)]
     trace: bool,
-}
-
-fn parse_header(s: &str) -> Result<(String, String), String> {
-    let (name, value) = s
-        .split_once(':')
-        .ok_or_else(|| format!("{s:?}: a header is 'Name: value'"))?;
-    if name.trim().is_empty() {
-        return Err(format!("{s:?}: the header name is empty"));
-    }
-    Ok((name.trim().to_owned(), value.trim().to_owned()))
 }
 
 type Stream = Traced<MaybeTlsStream<TcpStream>>;
@@ -406,17 +396,28 @@ impl Probe {
     /// newline inside the value shows.
     fn accept_check(&mut self, lines: &[Vec<u8>], request: &ClientRequest) {
         let expected = accept_key(request.key.as_bytes());
-        let values: Vec<String> = lines
-            .iter()
-            .filter_map(|l| {
-                let (name, value) = l.split_at(l.iter().position(|b| *b == b':')?);
-                name.eq_ignore_ascii_case(b"sec-websocket-accept").then(|| {
-                    let value = value.get(1..).unwrap_or_default();
-                    let value = String::from_utf8_lossy(value);
-                    value.trim_matches([' ', '\t']).to_owned()
+        let accept_values = |lines: &mut dyn Iterator<Item = &[u8]>| -> Vec<String> {
+            lines
+                .filter_map(|l| {
+                    let (name, value) = l.split_at(l.iter().position(|b| *b == b':')?);
+                    name.eq_ignore_ascii_case(b"sec-websocket-accept").then(|| {
+                        let value = value.get(1..).unwrap_or_default();
+                        let value = String::from_utf8_lossy(value);
+                        value.trim_matches([' ', '\t']).to_owned()
+                    })
                 })
-            })
-            .collect();
+                .collect()
+        };
+        let mut values = accept_values(&mut lines.iter().map(Vec::as_slice));
+        if values.is_empty() {
+            // A head that ends its lines with bare LF (warned about
+            // separately) is one "line" split at CRLF: look inside it.
+            let mut bare = lines
+                .iter()
+                .flat_map(|l| l.split(|b| *b == b'\n'))
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+            values = accept_values(&mut bare);
+        }
         match values.as_slice() {
             [] => self.record(Verdict::Fail, "accept", "missing Sec-WebSocket-Accept"),
             [got] if *got == expected => {
@@ -450,25 +451,15 @@ impl Probe {
         let Some(first) = leftover.first() else {
             return;
         };
-        let problem = match FrameHeader::decode(leftover) {
+        // The client's own decoder judges them (no extension negotiated
+        // here: the probe's first connection offers none).
+        let mut buf = BytesMut::from(leftover);
+        let problem = match Decoder::new(Role::Client, Limits::default(), None).decode(&mut buf) {
             Err(e) => Some(e.to_string()),
-            Ok(HeaderDecode::Incomplete(_)) if *first == b'\r' || *first == b'\n' => {
+            Ok(None) if *first == b'\r' || *first == b'\n' => {
                 Some("a stray line ending".to_owned())
             }
-            Ok(HeaderDecode::Incomplete(_)) => None,
-            Ok(HeaderDecode::Complete(h, _)) => {
-                if h.opcode.is_reserved() {
-                    Some(format!("a frame with opcode {}", h.opcode))
-                } else if h.rsv1 || h.rsv2 || h.rsv3 {
-                    Some("a frame with RSV bits set".to_owned())
-                } else if h.mask.is_some() {
-                    Some("a masked frame".to_owned())
-                } else if h.opcode == OpCode::Continuation {
-                    Some("a continuation frame with no message".to_owned())
-                } else {
-                    None
-                }
-            }
+            Ok(_) => None,
         };
         if let Some(problem) = problem {
             let stray = if *first == b'\r' || *first == b'\n' {
@@ -480,7 +471,7 @@ impl Probe {
                 Verdict::Fail,
                 "after head",
                 format!(
-                    "{} follow the head{stray}: a client reads them as {problem} and fails the connection",
+                    "{} follow the head{stray}: a client fails the connection on them: {problem}",
                     describe_bytes(leftover)
                 ),
             );

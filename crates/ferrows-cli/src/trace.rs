@@ -297,7 +297,16 @@ impl DirParser {
                 State::Head(buf) => {
                     let old = buf.len();
                     let take = bytes.len().min(MAX_HEAD + 1 - old);
-                    buf.extend_from_slice(bytes.get(..take).unwrap_or_default());
+                    let new = bytes.get(..take).unwrap_or_default();
+                    buf.extend_from_slice(new);
+                    // The head can only end at a newline: parse again only
+                    // then (not on every read, which is quadratic when the
+                    // head trickles in), on the first bytes (to see at once
+                    // that a stream is not HTTP) and at the size limit.
+                    if old != 0 && !new.contains(&b'\n') && buf.len() <= MAX_HEAD {
+                        bytes = bytes.get(take..).unwrap_or_default();
+                        continue;
+                    }
                     let buf = std::mem::take(buf);
                     match self.finish_head(&buf, out) {
                         // The head ends `n` bytes into the buffer: the rest

@@ -165,6 +165,9 @@ enum Broken {
     /// A correct handshake, then an echo that only understands the 7-bit
     /// length: payloads of 126 bytes and more come back garbled.
     Under126,
+    /// The right accept value, but every line of the head ends with a bare
+    /// LF; then echoes like `Under126`.
+    BareLf,
     /// Answers pings and closes, but echoes nothing.
     NoEcho,
     /// Sends a close frame with this code right after the handshake.
@@ -240,6 +243,9 @@ fn serve_broken(mut conn: TcpStream, mode: Broken) {
     let response = match mode {
         Broken::NewlineAccept => format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\n\r\n\r\n"
+        ),
+        Broken::BareLf => format!(
+            "HTTP/1.1 101 Switching Protocols\nUpgrade: websocket\nConnection: Upgrade\nSec-WebSocket-Accept: {accept}\n\n"
         ),
         _ => format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
@@ -610,6 +616,22 @@ fn probe_passes_against_ferrows_serve_echo() {
     assert!(
         out.stdout
             .ends_with("result: PASS (16 pass, 0 fail, 0 warn, 0 skip)\n"),
+        "{}",
+        out.stdout
+    );
+}
+
+/// Regression: a right accept value in a head with bare-LF line endings
+/// is a warning about the line endings, not a failed accept check.
+#[test]
+fn probe_finds_the_accept_in_a_head_with_bare_lf_line_endings() {
+    let server = BrokenServer::start(Broken::BareLf);
+    let out = run(&["probe", "--timeout", "2", &server.url()], Input::Open);
+    let accept = lines_starting(&out.stdout, "PASS  accept");
+    assert_eq!(accept.len(), 1, "{}", out.stdout);
+    assert_eq!(
+        lines_starting(&out.stdout, "WARN  line endings").len(),
+        1,
         "{}",
         out.stdout
     );

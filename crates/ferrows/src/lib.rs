@@ -68,6 +68,7 @@
     allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+pub mod backplane;
 mod broadcast;
 pub mod callback;
 mod client;

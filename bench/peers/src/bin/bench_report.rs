@@ -19,13 +19,12 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
 
 /// The servers, in display order: label in the results, display name.
-const SERVERS: [(&str, &str); 6] = [
+const SERVERS: [(&str, &str); 5] = [
     ("ferrows", "ferrows"),
     ("tungstenite", "tokio-tungstenite"),
     ("fastwebsockets", "fastwebsockets"),
     ("node", "Node ws"),
     ("python", "Python websockets"),
-    ("node-chat", "Node ws"),
 ];
 
 /// Bar colours, by server label.
@@ -34,7 +33,7 @@ fn colour(server: &str) -> RGBColor {
         "ferrows" => RGBColor(0xd9, 0x48, 0x1c),
         "tungstenite" => RGBColor(0x35, 0x6f, 0xb5),
         "fastwebsockets" => RGBColor(0x4a, 0xa5, 0x5a),
-        "node" | "node-chat" => RGBColor(0x8a, 0x5c, 0xb8),
+        "node" => RGBColor(0x8a, 0x5c, 0xb8),
         "python" => RGBColor(0xe0, 0xa8, 0x20),
         _ => RGBColor(0x80, 0x80, 0x80),
     }

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use self::control::{ClientId, Controller, Effect, Settings};
 use self::output::{Latency, Output, OutputSpec};
 use self::protocol::Inbound;
-use crate::net::{self, Stream, display_addr};
+use crate::net::{self, Io, Stream, display_addr};
 use crate::{CommonArgs, pages};
 
 /// Telemetry to every client this often.
@@ -676,8 +676,7 @@ impl Complaints {
 enum Step {
     Shutdown,
     Out(Option<Outbound>),
-    Flushed(ferrows::Result<()>),
-    Received(Option<ferrows::Result<Message>>),
+    Io(Io),
 }
 
 /// Runs one client until its connection ends; returns the close code.
@@ -696,17 +695,10 @@ async fn session(
     };
     loop {
         let backed_up = ws.buffered_amount() >= HIGH_WATER_MARK;
-        let io = async {
-            if backed_up {
-                Step::Flushed(ws.flush().await)
-            } else {
-                Step::Received(ws.recv().await)
-            }
-        };
         let step = tokio::select! {
             _ = shutdown.changed() => Step::Shutdown,
             out = outbound.recv(), if !backed_up => Step::Out(out),
-            step = io => step,
+            io = net::io(ws, backed_up) => Step::Io(io),
         };
         let msg = match step {
             Step::Shutdown => {
@@ -734,15 +726,15 @@ async fn session(
                 // Dropped by the controller (too slow, or it stopped).
                 return Ending::Close(CloseCode::POLICY_VIOLATION, "too slow: fell behind");
             }
-            Step::Flushed(Ok(())) => continue,
-            Step::Flushed(Err(_)) | Step::Received(None) => {
+            Step::Io(Io::Flushed(Ok(()))) => continue,
+            Step::Io(Io::Flushed(Err(_)) | Io::Received(None)) => {
                 return Ending::Ended(CloseCode::ABNORMAL);
             }
-            Step::Received(Some(Err(e))) => {
+            Step::Io(Io::Received(Some(Err(e)))) => {
                 tracing::debug!(peer = %display_addr(peer), client = id, error = %e, "connection failed");
                 return Ending::Ended(e.close_code().unwrap_or(CloseCode::ABNORMAL));
             }
-            Step::Received(Some(Ok(msg))) => msg,
+            Step::Io(Io::Received(Some(Ok(msg)))) => msg,
         };
         let arrived = std::time::Instant::now();
         let now = Instant::from_std(arrived);
