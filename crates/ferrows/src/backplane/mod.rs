@@ -18,6 +18,11 @@ use std::pin::Pin;
 
 use crate::message::Message;
 
+pub mod memory;
+mod relay;
+
+pub use relay::{BackplaneState, Relay, RelayConfig, RelayEvent, RelayEvents, RelayStats};
+
 /// A boxed, sendable future: what the transport traits return, so that they
 /// stay dyn-compatible and name no foreign type.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
