@@ -560,7 +560,7 @@ mod tests {
         tx.send(&[entry(7)]).await.unwrap();
         assert_eq!(rx.reconnect().await.unwrap(), Resume::Reset);
         assert_eq!(seqs(&rx.recv().await.unwrap()), [7]);
-        assert_eq!(bus.reconnect_times().len(), 4);
+        assert_eq!(bus.reconnect_times().len(), 5);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1055,3 +1055,470 @@ impl Origins {
         self.map.retain(|_, o| now.duration_since(o.seen) <= idle);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backplane::memory::{Bus, MemoryTx};
+    use crate::broadcast::Member;
+
+    fn node(n: u64) -> NodeId {
+        NodeId::from_u64(n)
+    }
+
+    fn config() -> RelayConfig {
+        RelayConfig::default().name("test")
+    }
+
+    fn relay(bus: &Bus, n: u64, config: RelayConfig) -> Relay {
+        Relay::with_node(Hub::new(1024), bus.connect(), config, node(n))
+    }
+
+    /// The next message of `member`, as text (30 s of paused time at most).
+    async fn next_text(member: &mut Member) -> String {
+        let got = tokio::time::timeout(Duration::from_secs(30), member.recv())
+            .await
+            .expect("a message in time")
+            .expect("the member is in the hub");
+        got.message().as_text().expect("text").to_owned()
+    }
+
+    /// What `member` has queued now.
+    fn drain(member: &mut Member) -> Vec<String> {
+        std::iter::from_fn(|| member.try_recv())
+            .map(|p| p.message().as_text().unwrap_or("<binary>").to_owned())
+            .collect()
+    }
+
+    /// Lets several heartbeats and reconnect delays pass.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+
+    fn all_events(events: &mut RelayEvents) -> Vec<RelayEvent> {
+        std::iter::from_fn(|| events.try_next()).collect()
+    }
+
+    /// Up/Down events only.
+    fn transitions(events: &mut RelayEvents) -> Vec<RelayEvent> {
+        all_events(events)
+            .into_iter()
+            .filter(|e| matches!(e, RelayEvent::Up { .. } | RelayEvent::Down { .. }))
+            .collect()
+    }
+
+    async fn inject(tx: &mut MemoryTx, origin: u64, seqs: &[u64]) {
+        let entries: Vec<Entry> = seqs
+            .iter()
+            .map(|&s| Entry::new(node(origin), s, format!("{origin}:{s}").into()).unwrap())
+            .collect();
+        tx.send(&entries).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn own_entries_are_skipped_and_others_delivered_once() {
+        let bus = Bus::new();
+        let a = relay(&bus, 1, config());
+        let b = relay(&bus, 2, config());
+        let mut ma = a.hub().join();
+        let mut mb = b.hub().join();
+        assert_eq!(a.broadcast("one"), 1);
+        assert_eq!(next_text(&mut mb).await, "one");
+        settle().await;
+        assert_eq!(drain(&mut ma), ["one"]);
+        assert_eq!(drain(&mut mb), Vec::<String>::new());
+        let sa = a.stats();
+        assert_eq!((sa.published, sa.received, sa.delivered_remote), (1, 0, 0));
+        let sb = b.stats();
+        assert_eq!((sb.published, sb.received, sb.delivered_remote), (0, 1, 1));
+        assert_eq!(sb.origins, 1);
+        // Not text or binary: this hub only.
+        assert_eq!(a.broadcast(Message::ping("p")), 1);
+        settle().await;
+        assert_eq!(bus.len(), 1);
+        assert!(mb.try_recv().is_none());
+        assert_eq!(a.stats().published, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn duplicates_are_dropped() {
+        let bus = Bus::new();
+        let b = relay(&bus, 2, config());
+        let mut mb = b.hub().join();
+        let (mut raw, _) = bus.connect().split();
+        inject(&mut raw, 9, &[1, 2, 2, 3, 1, 3, 4]).await;
+        settle().await;
+        assert_eq!(drain(&mut mb), ["9:1", "9:2", "9:3", "9:4"]);
+        let s = b.stats();
+        assert_eq!((s.received, s.delivered_remote), (7, 4));
+        assert_eq!((s.duplicates_dropped, s.lost), (3, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_reply_is_retried_and_the_duplicate_dropped() {
+        let bus = Bus::new();
+        let a = relay(&bus, 1, config());
+        let b = relay(&bus, 2, config());
+        let mut ea = a.events();
+        let mut mb = b.hub().join();
+        bus.lose_next_replies(1);
+        a.broadcast("x");
+        a.broadcast("y");
+        settle().await;
+        assert_eq!(drain(&mut mb), ["x", "y"]);
+        assert_eq!(bus.len(), 4, "written twice");
+        let sa = a.stats();
+        assert_eq!((sa.published, sa.retried, sa.not_sent), (2, 2, 0));
+        assert_eq!(b.stats().duplicates_dropped, 2);
+        let events = transitions(&mut ea);
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(matches!(&events[0], RelayEvent::Down { reason } if reason.contains("no reply")));
+        assert_eq!(events[1], RelayEvent::Up { after_reset: false });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gaps_are_counted_exactly_from_the_baseline() {
+        let bus = Bus::new();
+        let b = relay(&bus, 2, config());
+        let mut eb = b.events();
+        let mut mb = b.hub().join();
+        let (mut raw, _) = bus.connect().split();
+        // 5 is the first seen from origin 9: its baseline, nothing lost.
+        inject(&mut raw, 9, &[5, 6, 9, 10, 20]).await;
+        settle().await;
+        assert_eq!(drain(&mut mb), ["9:5", "9:6", "9:9", "9:10", "9:20"]);
+        assert_eq!(b.stats().lost, 2 + 9);
+        assert_eq!(
+            all_events(&mut eb),
+            [
+                RelayEvent::Lost {
+                    origin: node(9),
+                    count: 2,
+                    first_seq: 7
+                },
+                RelayEvent::Lost {
+                    origin: node(9),
+                    count: 9,
+                    first_seq: 11
+                },
+            ]
+        );
+        // Entries a relay sent that the engine dropped.
+        let a = relay(&bus, 1, config());
+        a.broadcast("m1");
+        assert_eq!(next_text(&mut mb).await, "m1");
+        bus.drop_next(2);
+        for m in ["m2", "m3", "m4"] {
+            a.broadcast(m);
+        }
+        settle().await;
+        assert_eq!(drain(&mut mb), ["m4"]);
+        assert_eq!(b.stats().lost, 11 + 2);
+        assert_eq!(
+            all_events(&mut eb),
+            [RelayEvent::Lost {
+                origin: node(1),
+                count: 2,
+                first_seq: 2
+            }]
+        );
+        assert_eq!(a.stats().not_sent, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hold_and_retry_keeps_order_and_drops_by_age() {
+        let bus = Bus::new();
+        let cfg = config().backoff_max(Duration::from_secs(1));
+        let a = relay(&bus, 1, cfg.clone());
+        let b = relay(&bus, 2, cfg);
+        let mut ea = a.events();
+        let mut mb = b.hub().join();
+        a.broadcast("m0");
+        assert_eq!(next_text(&mut mb).await, "m0");
+        bus.take_down();
+        a.broadcast("m1");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        // m1 is older than the 2 s hold now.
+        for m in ["m2", "m3", "m4"] {
+            a.broadcast(m);
+        }
+        assert_eq!(a.stats().not_sent, 1);
+        assert!(matches!(a.state(), BackplaneState::Down { .. }));
+        bus.bring_up();
+        settle().await;
+        assert_eq!(drain(&mut mb), ["m2", "m3", "m4"]);
+        assert_eq!(a.state(), BackplaneState::Up);
+        let sa = a.stats();
+        assert_eq!((sa.published, sa.not_sent, sa.outbox_depth), (4, 1, 0));
+        assert_eq!(b.stats().lost, 1);
+        let events = all_events(&mut ea);
+        assert!(matches!(events[0], RelayEvent::Down { .. }), "{events:?}");
+        assert_eq!(events[1..], [
+            RelayEvent::NotSent { count: 1 },
+            RelayEvent::Up { after_reset: false }
+        ]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_outbox_counts_not_sent() {
+        let bus = Bus::new();
+        let a = relay(&bus, 1, config().outbox_entries(3));
+        let b = relay(&bus, 2, config());
+        let mut ea = a.events();
+        let mut mb = b.hub().join();
+        bus.take_down();
+        for i in 1..=5 {
+            // Local delivery is never refused.
+            assert_eq!(a.broadcast(format!("m{i}")), 0);
+        }
+        let s = a.stats();
+        assert_eq!((s.not_sent, s.outbox_depth), (2, 3));
+        bus.bring_up();
+        settle().await;
+        assert_eq!(drain(&mut mb), ["m1", "m2", "m3"]);
+        a.broadcast("m6");
+        assert_eq!(next_text(&mut mb).await, "m6");
+        assert_eq!(b.stats().lost, 2);
+        let not_sent: u64 = all_events(&mut ea)
+            .iter()
+            .map(|e| match e {
+                RelayEvent::NotSent { count } => *count,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(not_sent, 2);
+        // The byte bound.
+        let c = relay(&bus, 3, config().outbox_bytes(8));
+        bus.freeze();
+        for m in ["aaaa", "bbbb", "cccc"] {
+            c.broadcast(m);
+        }
+        assert_eq!(c.stats().not_sent, 1);
+        bus.thaw();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_origin_table_stays_bounded() {
+        let bus = Bus::new();
+        let b = relay(
+            &bus,
+            2,
+            config().origins(3).origin_idle(Duration::from_secs(60)),
+        );
+        let mut mb = b.hub().join();
+        let (mut raw, _) = bus.connect().split();
+        for origin in 10..15 {
+            inject(&mut raw, origin, &[1]).await;
+            next_text(&mut mb).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(b.stats().origins, 3);
+        // 10 was forgotten: it starts a new baseline, nothing lost.
+        inject(&mut raw, 10, &[7]).await;
+        assert_eq!(next_text(&mut mb).await, "10:7");
+        // 14 is still known: its gap counts.
+        inject(&mut raw, 14, &[3]).await;
+        assert_eq!(next_text(&mut mb).await, "14:3");
+        let s = b.stats();
+        assert_eq!((s.origins, s.lost), (3, 1));
+        // Idle origins are forgotten.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(b.stats().origins, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn up_and_down_are_told_once_per_transition() {
+        let bus = Bus::new();
+        let a = relay(&bus, 1, config());
+        let mut ea = a.events();
+        for round in 0..3 {
+            bus.take_down();
+            // Both halves fail, and keep failing to reconnect.
+            a.broadcast(format!("during {round}"));
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let BackplaneState::Down { reason, .. } = a.state() else {
+                panic!("down");
+            };
+            assert!(reason.contains("bus down"), "{reason}");
+            bus.bring_up();
+            settle().await;
+            assert_eq!(a.state(), BackplaneState::Up);
+        }
+        // Both halves broken at once (the publisher while sending).
+        a.broadcast("while killed");
+        bus.kill_connections();
+        settle().await;
+        let events = transitions(&mut ea);
+        let downs = events
+            .iter()
+            .filter(|e| matches!(e, RelayEvent::Down { .. }))
+            .count();
+        assert_eq!(downs, 4, "{events:?}");
+        for pair in events.chunks(2) {
+            assert!(matches!(pair[0], RelayEvent::Down { .. }), "{events:?}");
+            assert_eq!(pair[1], RelayEvent::Up { after_reset: false });
+        }
+        assert!(a.stats().reconnects >= 8);
+        // Stopping ends the subscribers.
+        a.shutdown();
+        assert_eq!(ea.next().await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_backoff_is_capped_and_reset_after_success() {
+        let bus = Bus::new();
+        let min = Duration::from_millis(100);
+        let max = Duration::from_secs(1);
+        let a = relay(&bus, 1, config().backoff_min(min).backoff_max(max));
+        let mut ea = a.events();
+        let down_at = Instant::now();
+        bus.take_down();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let times = bus.reconnect_times();
+        // 100 + 200 + 400 + 800 ms, then about 1 s each: 13 ± 2 in 10 s.
+        assert!((11..=16).contains(&times.len()), "{}", times.len());
+        let mut previous = down_at;
+        for (k, at) in times.iter().enumerate() {
+            let gap = at.duration_since(previous);
+            let base = min.saturating_mul(1 << k.min(10)).min(max);
+            assert!(gap >= base.mul_f64(0.8), "attempt {k}: {gap:?} < 0.8 × {base:?}");
+            assert!(gap <= base.mul_f64(1.2).min(max), "attempt {k}: {gap:?}");
+            previous = *at;
+        }
+        bus.bring_up();
+        tokio::time::timeout(Duration::from_secs(2), async {
+            while !matches!(ea.next().await, Some(RelayEvent::Up { .. })) {}
+        })
+        .await
+        .unwrap();
+        // Down again: the first delay is the minimum again.
+        let before = bus.reconnect_times().len();
+        let down_at = Instant::now();
+        bus.take_down();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let times = bus.reconnect_times();
+        assert_eq!(times.len(), before + 1);
+        let gap = times[before].duration_since(down_at);
+        assert!(gap >= min.mul_f64(0.8) && gap <= min.mul_f64(1.2), "{gap:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frozen_engine_is_detected_within_the_reply_timeout() {
+        let bus = Bus::new();
+        let reply_timeout = Duration::from_secs(3);
+        let cfg = config()
+            .reply_timeout(reply_timeout)
+            .hold(Duration::from_secs(10));
+        let a = relay(&bus, 1, cfg.clone());
+        let b = relay(&bus, 2, cfg);
+        let mut ea = a.events();
+        let mut mb = b.hub().join();
+        settle().await;
+        let frozen_at = Instant::now();
+        bus.freeze();
+        a.broadcast("held");
+        let event = tokio::time::timeout(reply_timeout * 2, ea.next())
+            .await
+            .unwrap();
+        assert!(matches!(event, Some(RelayEvent::Down { .. })), "{event:?}");
+        assert!(frozen_at.elapsed() <= reply_timeout, "{:?}", frozen_at.elapsed());
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        bus.thaw();
+        assert_eq!(next_text(&mut mb).await, "held");
+        settle().await;
+        assert!(mb.try_recv().is_none());
+        assert_eq!(
+            transitions(&mut ea),
+            [RelayEvent::Up { after_reset: false }]
+        );
+        assert_eq!(b.stats().duplicates_dropped, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_log_is_read_again_without_duplicate_deliveries() {
+        let bus = Bus::new();
+        let a = relay(&bus, 1, config());
+        let b = relay(&bus, 2, config());
+        let mut eb = b.events();
+        let mut mb = b.hub().join();
+        for i in 1..=5 {
+            a.broadcast(format!("m{i}"));
+        }
+        settle().await;
+        assert_eq!(drain(&mut mb), ["m1", "m2", "m3", "m4", "m5"]);
+        // A failover to a replica without the last two entries.
+        bus.fail_over(2);
+        settle().await;
+        a.broadcast("m6");
+        settle().await;
+        assert_eq!(drain(&mut mb), ["m6"]);
+        let s = b.stats();
+        assert_eq!((s.stream_resets, s.duplicates_dropped, s.lost), (1, 3, 0));
+        assert_eq!(
+            transitions(&mut eb)[1..],
+            [RelayEvent::Up { after_reset: true }]
+        );
+        // The whole log lost.
+        bus.reset();
+        a.broadcast("m7");
+        settle().await;
+        assert_eq!(drain(&mut mb), ["m7"]);
+        let s = b.stats();
+        assert_eq!((s.stream_resets, s.lost), (2, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn three_relays_deliver_everything_once_in_order() {
+        let bus = Bus::new();
+        let relays: Vec<Relay> = (1..=3).map(|n| relay(&bus, n, config())).collect();
+        let mut members: Vec<Member> = relays
+            .iter()
+            .flat_map(|r| [r.hub().join(), r.hub().join()])
+            .collect();
+        const N: usize = 100;
+        for k in 0..N {
+            for (i, r) in relays.iter().enumerate() {
+                r.broadcast(format!("{i}:{k}"));
+            }
+            match k {
+                20 => bus.lose_next_replies(1),
+                40 => bus.duplicate_next(5),
+                60 => bus.kill_connections(),
+                _ => {}
+            }
+            if k % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        settle().await;
+        for member in &mut members {
+            let got = drain(member);
+            assert_eq!(got.len(), 3 * N);
+            for i in 0..3 {
+                let from_i: Vec<&String> = got
+                    .iter()
+                    .filter(|m| m.starts_with(&format!("{i}:")))
+                    .collect();
+                let want: Vec<String> = (0..N).map(|k| format!("{i}:{k}")).collect();
+                assert_eq!(from_i, want.iter().collect::<Vec<_>>());
+            }
+        }
+        for r in &relays {
+            let s = r.stats();
+            assert_eq!((s.lost, s.not_sent, s.published), (0, 0, N as u64));
+            assert_eq!(s.delivered_remote, 2 * N as u64);
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter() {
+        let mut b = Backoff::new(&RelayConfig::default());
+        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        for (k, d) in delays.iter().enumerate() {
+            let base = Duration::from_millis(100 << k).min(Duration::from_secs(2));
+            assert!(*d >= base.mul_f64(0.8) && *d <= base.mul_f64(1.2).min(Duration::from_secs(2)));
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(120));
+    }
+}
