@@ -4,9 +4,9 @@
 //! [`NodeId`] of the process that sent it and that process's sequence
 //! number — between the nodes of a cluster. The engine behind it (Redis
 //! Streams in the `ferrows-redis` crate, an in-process bus in
-//! `memory` for tests) only has to move ordered batches and resume after
+//! [`memory`] for tests) only has to move ordered batches and resume after
 //! a reconnect; the policy — dedupe, loss accounting, hold and retry,
-//! reconnect backoff, liveness timeouts — is the `Relay`'s, the same for
+//! reconnect backoff, liveness timeouts — is the [`Relay`]'s, the same for
 //! every engine.
 //!
 //! Frames never travel: an entry is an opcode and a payload, encoded (and

@@ -1025,7 +1025,11 @@ impl Origins {
             return Verdict::Deliver { lost };
         }
         if self.map.len() >= self.max {
-            let oldest = self.map.iter().min_by_key(|(_, o)| o.seen).map(|(id, _)| *id);
+            let oldest = self
+                .map
+                .iter()
+                .min_by_key(|(_, o)| o.seen)
+                .map(|(id, _)| *id);
             if let Some(id) = oldest {
                 self.map.remove(&id);
             }
@@ -1253,10 +1257,13 @@ mod tests {
         assert_eq!(b.stats().lost, 1);
         let events = all_events(&mut ea);
         assert!(matches!(events[0], RelayEvent::Down { .. }), "{events:?}");
-        assert_eq!(events[1..], [
-            RelayEvent::NotSent { count: 1 },
-            RelayEvent::Up { after_reset: false }
-        ]);
+        assert_eq!(
+            events[1..],
+            [
+                RelayEvent::NotSent { count: 1 },
+                RelayEvent::Up { after_reset: false }
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -1381,7 +1388,10 @@ mod tests {
         for (k, at) in times.iter().enumerate() {
             let gap = at.duration_since(previous);
             let base = min.saturating_mul(1 << k.min(10)).min(max);
-            assert!(gap >= base.mul_f64(0.8), "attempt {k}: {gap:?} < 0.8 × {base:?}");
+            assert!(
+                gap >= base.mul_f64(0.8),
+                "attempt {k}: {gap:?} < 0.8 × {base:?}"
+            );
             assert!(gap <= base.mul_f64(1.2).min(max), "attempt {k}: {gap:?}");
             previous = *at;
         }
@@ -1399,7 +1409,10 @@ mod tests {
         let times = bus.reconnect_times();
         assert_eq!(times.len(), before + 1);
         let gap = times[before].duration_since(down_at);
-        assert!(gap >= min.mul_f64(0.8) && gap <= min.mul_f64(1.2), "{gap:?}");
+        assert!(
+            gap >= min.mul_f64(0.8) && gap <= min.mul_f64(1.2),
+            "{gap:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -1421,7 +1434,11 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(event, Some(RelayEvent::Down { .. })), "{event:?}");
-        assert!(frozen_at.elapsed() <= reply_timeout, "{:?}", frozen_at.elapsed());
+        assert!(
+            frozen_at.elapsed() <= reply_timeout,
+            "{:?}",
+            frozen_at.elapsed()
+        );
         tokio::time::sleep(Duration::from_secs(4)).await;
         bus.thaw();
         assert_eq!(next_text(&mut mb).await, "held");
