@@ -557,7 +557,7 @@ impl Shared {
     fn report_not_sent(&self) {
         let count = self.unreported_not_sent.swap(0, Ordering::Relaxed);
         if count > 0 {
-            tracing::warn!(
+            tracing::debug!(
                 target: "ferrows::relay",
                 node = %self.config.name,
                 "{count} messages were not sent to the other servers"
@@ -582,6 +582,9 @@ impl Shared {
                 "backplane down: {reason}; messages reach this server's clients only; retrying"
             );
             self.emit(RelayEvent::Down { reason });
+        } else {
+            drop(health);
+            self.still_down(error);
         }
     }
 
@@ -613,7 +616,7 @@ impl Shared {
         self.emit(RelayEvent::Up { after_reset });
     }
 
-    /// A reconnect attempt of `half` failed: repeats the warning every 30 s.
+    /// A call or reconnect failed while down: repeats the warning every 30 s.
     fn still_down(&self, error: &TransportError) {
         let mut health = self.health();
         let due = health
@@ -907,13 +910,19 @@ async fn reader<R: BackplaneRx>(shared: Arc<Shared>, mut rx: R) {
     }
 }
 
-/// Which skipped kinds were warned about (once each).
+/// Which skipped kinds were warned about (once each), and when a loss was
+/// last warned about.
 #[derive(Default)]
 struct Warned {
     foreign_version: bool,
     oversize: bool,
     malformed: bool,
+    lost_at: Option<Instant>,
 }
+
+/// Losses are warned about at most this often (the rest are logged at
+/// debug level; every one is counted and is an event).
+const LOST_LOG_EVERY: Duration = Duration::from_secs(5);
 
 fn count_skipped(shared: &Shared, n: u64, counter: &AtomicU64, warned: &mut bool, what: &str) {
     if n == 0 {
@@ -964,13 +973,26 @@ fn deliver(shared: &Shared, origins: &mut Origins, warned: &mut Warned, batch: B
                 if lost > 0 {
                     let first_seq = entry.seq - lost;
                     add(&c.lost, lost);
-                    tracing::warn!(
-                        target: "ferrows::relay",
-                        node = %shared.config.name,
-                        "{lost} messages from {} lost (seq {first_seq}..={})",
-                        entry.origin,
-                        entry.seq - 1
-                    );
+                    let last_seq = entry.seq - 1;
+                    let origin = entry.origin;
+                    let name = &shared.config.name;
+                    if warned
+                        .lost_at
+                        .is_none_or(|at| now.duration_since(at) >= LOST_LOG_EVERY)
+                    {
+                        warned.lost_at = Some(now);
+                        tracing::warn!(
+                            target: "ferrows::relay",
+                            node = %name,
+                            "{lost} messages from {origin} lost (seq {first_seq}..={last_seq})"
+                        );
+                    } else {
+                        tracing::debug!(
+                            target: "ferrows::relay",
+                            node = %name,
+                            "{lost} messages from {origin} lost (seq {first_seq}..={last_seq})"
+                        );
+                    }
                     shared.emit(RelayEvent::Lost {
                         origin: entry.origin,
                         count: lost,
@@ -1525,6 +1547,28 @@ mod tests {
             assert_eq!((s.lost, s.not_sent, s.published), (0, 0, N as u64));
             assert_eq!(s.delivered_remote, 2 * N as u64);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_last_clone_stops_the_relay() {
+        let bus = Bus::new();
+        let a = relay(&bus, 1, config());
+        let a2 = a.clone();
+        let mut events = a.events();
+        drop(a);
+        bus.take_down();
+        let event = tokio::time::timeout(Duration::from_secs(5), events.next()).await;
+        assert!(
+            matches!(event, Ok(Some(RelayEvent::Down { .. }))),
+            "{event:?}"
+        );
+        drop(a2);
+        let end = tokio::time::timeout(Duration::from_secs(5), events.next()).await;
+        assert_eq!(end, Ok(None));
+        // Its connection is gone: no more reconnect attempts.
+        let attempts = bus.reconnect_times().len();
+        settle().await;
+        assert_eq!(bus.reconnect_times().len(), attempts);
     }
 
     #[test]
