@@ -348,13 +348,17 @@ impl Relay {
     /// Messages other than text and binary are delivered locally only.
     pub fn broadcast(&self, message: impl Into<Message>) -> usize {
         let message = message.into();
-        let delivered = self.shared.hub.broadcast(message.clone());
         let shared = &self.shared;
+        if !(message.is_text() || message.is_binary()) {
+            return shared.hub.broadcast(message);
+        }
         let now = Instant::now();
+        // Delivered locally under the outbox's lock: concurrent callers get
+        // the same order here as their sequence numbers give elsewhere.
         let mut outbox = shared.outbox();
+        let delivered = shared.hub.broadcast(message.clone());
         outbox.seq += 1;
         let Some(entry) = Entry::new(shared.node, outbox.seq, message) else {
-            outbox.seq -= 1;
             return delivered;
         };
         let expired = outbox.expire(now, shared.config.hold);
@@ -1546,6 +1550,51 @@ mod tests {
             let s = r.stats();
             assert_eq!((s.lost, s.not_sent, s.published), (0, 0, N as u64));
             assert_eq!(s.delivered_remote, 2 * N as u64);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_senders_on_a_multi_thread_runtime() {
+        let bus = Bus::new().idle_reply(Duration::from_millis(50));
+        let relays: Vec<Relay> = (1..=3).map(|n| relay(&bus, n, config())).collect();
+        let mut members: Vec<Member> = relays.iter().map(|r| r.hub().join()).collect();
+        const N: usize = 300;
+        let senders: Vec<_> = relays
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let r = r.clone();
+                tokio::spawn(async move {
+                    for k in 0..N {
+                        r.broadcast(format!("{i}:{k}"));
+                        if k % 50 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for s in senders {
+            s.await.unwrap();
+        }
+        for member in &mut members {
+            let mut next = [0usize; 3];
+            for _ in 0..3 * N {
+                let text = tokio::time::timeout(Duration::from_secs(10), member.recv())
+                    .await
+                    .expect("in time")
+                    .expect("a member");
+                let text = text.message().as_text().unwrap().to_owned();
+                let (i, k) = text.split_once(':').unwrap();
+                let i: usize = i.parse().unwrap();
+                assert_eq!(k.parse::<usize>().unwrap(), next[i], "per-sender order");
+                next[i] += 1;
+            }
+            assert_eq!(next, [N; 3]);
+        }
+        for r in &relays {
+            let s = r.stats();
+            assert_eq!((s.lost, s.not_sent, s.duplicates_dropped), (0, 0, 0));
         }
     }
 
