@@ -55,6 +55,10 @@
 //!   with backoff and an inactivity timeout ([`event_client`]).
 //! * [`Config`]: limits, backpressure, timeouts, compression; every default
 //!   documented.
+//! * One [`Hub`] across processes: [`Relay`] connects it to a
+//!   [`backplane`] (an in-process [`backplane::memory::Bus`] here; Redis
+//!   Streams in `ferrows-redis`), with dedupe, loss accounting, hold and
+//!   retry, and reconnection.
 //!
 //! The protocol itself lives in the sans-I/O crate [`ferrows_proto`],
 //! re-exported as [`proto`].
@@ -83,6 +87,7 @@ mod stream;
 pub mod tls;
 mod websocket;
 
+pub use backplane::{Relay, RelayConfig};
 pub use broadcast::{Hub, Member, Prepared, SendError};
 pub use callback::{Server, ServerHandle};
 pub use client::{ClientBuilder, WsUrl, client_handshake, connect};

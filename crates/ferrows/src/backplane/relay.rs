@@ -1620,6 +1620,80 @@ mod tests {
         assert_eq!(bus.reconnect_times().len(), attempts);
     }
 
+    /// Collects the messages of `ferrows::relay` events, with their level.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<(tracing::Level, String)>>>);
+
+    struct MessageField<'a>(&'a mut String);
+
+    impl tracing::field::Visit for MessageField<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+            if field.name() == "message" {
+                *self.0 = format!("{value:?}");
+            }
+        }
+    }
+
+    impl tracing::Subscriber for Logs {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            if event.metadata().target() == "ferrows::relay" {
+                let mut message = String::new();
+                event.record(&mut MessageField(&mut message));
+                lock(&self.0).push((*event.metadata().level(), message));
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    impl Logs {
+        fn take(&self, level: tracing::Level) -> Vec<String> {
+            let mut all = lock(&self.0);
+            let (these, rest) = all.drain(..).partition(|(l, _)| *l == level);
+            *all = rest;
+            these.into_iter().map(|(_, m)| m).collect()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn logs_use_the_documented_wording() {
+        let logs = Logs::default();
+        let _guard = tracing::subscriber::set_default(logs.clone());
+        let bus = Bus::new();
+        let b = relay(&bus, 2, config());
+        let mut mb = b.hub().join();
+        bus.take_down();
+        tokio::time::sleep(Duration::from_secs(65)).await;
+        let down = "backplane down: connection refused (bus down); \
+                    messages reach this server's clients only; retrying";
+        // At once, then every 30 s.
+        assert_eq!(logs.take(tracing::Level::WARN), [down, down, down]);
+        bus.bring_up();
+        settle().await;
+        let up = logs.take(tracing::Level::INFO);
+        assert_eq!(up.len(), 1);
+        assert!(up[0].starts_with("backplane up after 6"), "{up:?}");
+        assert!(up[0].ends_with(" s down (resumed)"), "{up:?}");
+        let (mut raw, _) = bus.connect().split();
+        inject(&mut raw, 9, &[1, 4, 7]).await;
+        settle().await;
+        assert_eq!(mb.try_recv().map(|_| ()), Some(()));
+        // The second loss within 5 s is logged at debug level only.
+        assert_eq!(
+            logs.take(tracing::Level::WARN),
+            ["2 messages from 0000000000000009 lost (seq 2..=3)"]
+        );
+        assert_eq!(b.stats().lost, 4);
+    }
+
     #[test]
     fn backoff_doubles_to_the_cap_with_jitter() {
         let mut b = Backoff::new(&RelayConfig::default());
