@@ -208,6 +208,9 @@ pub struct RelayStats {
     pub malformed: u64,
     /// Reconnect attempts, of either half, failed or not.
     pub reconnects: u64,
+    /// Whole seconds the backplane has been down, in all (the current
+    /// outage included).
+    pub down_seconds: u64,
     /// Reader reconnects that continued where they were.
     pub resumes: u64,
     /// Reader reconnects that found the engine's log lost and read it
@@ -393,6 +396,11 @@ impl Relay {
     pub fn stats(&self) -> RelayStats {
         let c = &self.shared.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (state, down_for) = {
+            let health = self.shared.health();
+            (health.state(), health.down_for())
+        };
+        let outbox_depth = self.shared.outbox().queue.len() as u64;
         RelayStats {
             published: get(&c.published),
             not_sent: get(&c.not_sent),
@@ -405,11 +413,12 @@ impl Relay {
             oversize: get(&c.oversize),
             malformed: get(&c.malformed),
             reconnects: get(&c.reconnects),
+            down_seconds: down_for.as_secs(),
             resumes: get(&c.resumes),
             stream_resets: get(&c.stream_resets),
-            outbox_depth: self.shared.outbox().queue.len() as u64,
+            outbox_depth,
             origins: get(&self.shared.origins),
-            state: self.state(),
+            state,
         }
     }
 
@@ -605,6 +614,7 @@ impl Shared {
             .map(|(_, at, _)| at.elapsed())
             .unwrap_or_default();
         health.last_down_log = None;
+        health.down_before += down_for;
         drop(health);
         let how = if after_reset {
             "the engine had lost its log: read again from its start"
@@ -654,6 +664,8 @@ struct Health {
     /// The reader found the log reset; told with the next Up.
     reset_pending: bool,
     last_down_log: Option<Instant>,
+    /// The time spent down in earlier outages.
+    down_before: Duration,
 }
 
 impl Health {
@@ -666,6 +678,12 @@ impl Health {
             Half::Publisher => &mut self.publisher_error,
             Half::Reader => &mut self.reader_error,
         }
+    }
+
+    /// The time spent down in all, the current outage included.
+    fn down_for(&self) -> Duration {
+        let now = self.down_since.as_ref().map(|(_, at, _)| at.elapsed());
+        self.down_before + now.unwrap_or_default()
     }
 
     fn state(&self) -> BackplaneState {
@@ -1280,6 +1298,8 @@ mod tests {
         assert_eq!(a.state(), BackplaneState::Up);
         let sa = a.stats();
         assert_eq!((sa.published, sa.not_sent, sa.outbox_depth), (4, 1, 0));
+        // Down for 2.5 s and a reconnect delay of at most 1 s.
+        assert!((2..=3).contains(&sa.down_seconds), "{sa:?}");
         assert_eq!(b.stats().lost, 1);
         let events = all_events(&mut ea);
         assert!(matches!(events[0], RelayEvent::Down { .. }), "{events:?}");
@@ -1620,16 +1640,37 @@ mod tests {
         assert_eq!(bus.reconnect_times().len(), attempts);
     }
 
-    /// Collects the messages of `ferrows::relay` events, with their level.
+    /// Collects the messages of `ferrows::relay` events from the node named
+    /// [`LOGGED_NODE`], with their level. Installed as the global default
+    /// (a thread-local one races with other tests over tracing's callsite
+    /// cache).
     #[derive(Clone, Default)]
     struct Logs(Arc<Mutex<Vec<(tracing::Level, String)>>>);
 
-    struct MessageField<'a>(&'a mut String);
+    const LOGGED_NODE: &str = "logged-node";
 
-    impl tracing::field::Visit for MessageField<'_> {
+    fn global_logs() -> Logs {
+        static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Logs::default();
+            tracing::subscriber::set_global_default(logs.clone()).unwrap();
+            logs
+        })
+        .clone()
+    }
+
+    #[derive(Default)]
+    struct Fields {
+        message: String,
+        node: String,
+    }
+
+    impl tracing::field::Visit for Fields {
         fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
-            if field.name() == "message" {
-                *self.0 = format!("{value:?}");
+            match field.name() {
+                "message" => self.message = format!("{value:?}"),
+                "node" => self.node = format!("{value:?}"),
+                _ => {}
             }
         }
     }
@@ -1644,10 +1685,10 @@ mod tests {
         fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
         fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
         fn event(&self, event: &tracing::Event<'_>) {
-            if event.metadata().target() == "ferrows::relay" {
-                let mut message = String::new();
-                event.record(&mut MessageField(&mut message));
-                lock(&self.0).push((*event.metadata().level(), message));
+            let mut fields = Fields::default();
+            event.record(&mut fields);
+            if event.metadata().target() == "ferrows::relay" && fields.node == LOGGED_NODE {
+                lock(&self.0).push((*event.metadata().level(), fields.message));
             }
         }
         fn enter(&self, _: &tracing::span::Id) {}
@@ -1665,10 +1706,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn logs_use_the_documented_wording() {
-        let logs = Logs::default();
-        let _guard = tracing::subscriber::set_default(logs.clone());
+        let logs = global_logs();
         let bus = Bus::new();
-        let b = relay(&bus, 2, config());
+        let b = relay(&bus, 2, config().name(LOGGED_NODE));
         let mut mb = b.hub().join();
         bus.take_down();
         tokio::time::sleep(Duration::from_secs(65)).await;
