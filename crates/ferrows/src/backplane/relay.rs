@@ -588,13 +588,16 @@ impl Shared {
         if was_up {
             health.down_since = Some((SystemTime::now(), Instant::now(), reason.clone()));
             health.last_down_log = Some(Instant::now());
+            // Told under the lock: transitions reach subscribers in order.
+            self.emit(RelayEvent::Down {
+                reason: reason.clone(),
+            });
             drop(health);
             tracing::warn!(
                 target: "ferrows::relay",
                 node = %self.config.name,
                 "backplane down: {reason}; messages reach this server's clients only; retrying"
             );
-            self.emit(RelayEvent::Down { reason });
         } else {
             drop(health);
             self.still_down(error);
@@ -615,6 +618,7 @@ impl Shared {
             .unwrap_or_default();
         health.last_down_log = None;
         health.down_before += down_for;
+        self.emit(RelayEvent::Up { after_reset });
         drop(health);
         let how = if after_reset {
             "the engine had lost its log: read again from its start"
@@ -627,7 +631,6 @@ impl Shared {
             "backplane up after {:.1} s down ({how})",
             down_for.as_secs_f64()
         );
-        self.emit(RelayEvent::Up { after_reset });
     }
 
     /// A call or reconnect failed while down: repeats the warning every 30 s.
