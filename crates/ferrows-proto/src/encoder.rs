@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::Role;
 use crate::close::CloseFrame;
-use crate::deflate::Compressor;
+use crate::deflate::{Compressor, SharedKey};
 use crate::frame::{FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode};
 use crate::mask::apply_mask;
 use crate::write_queue::WriteQueue;
@@ -145,9 +145,7 @@ impl Encoder {
             out.clear();
             d.compressor.compress(payload, &mut out);
             self.write_frame(true, true, opcode, &out, dst);
-            if let Some(d) = self.deflate.as_mut() {
-                d.scratch = out;
-            }
+            self.keep_scratch(out);
             return Ok(());
         }
         self.write_frame(true, false, opcode, payload, dst);
@@ -180,19 +178,46 @@ impl Encoder {
         Ok(())
     }
 
-    /// Whether [`Encoder::shared_frame`] can queue data frames encoded once
-    /// for many connections: only a server that does not compress.
-    pub fn shares_frames(&self) -> bool {
-        self.role == Role::Server && self.deflate.is_none() && !self.closed
+    /// How this encoder could send a message of type `opcode` and `len`
+    /// payload bytes as a frame encoded once for many connections (see
+    /// [`Encoder::shared_frame`]); `None` if it must encode the message
+    /// itself.
+    ///
+    /// Only a server can share frames (clients mask each frame with their
+    /// own key), and not in the middle of a fragmented message or after its
+    /// close. Control frames and messages below the compression threshold
+    /// are shared as they are ([`SharedForm::Plain`], from
+    /// [`encode_server_frame`]); longer ones uncompressed when permessage-deflate
+    /// is off, compressed ([`SharedForm::Deflated`], from
+    /// [`encode_server_frame_deflated`] with that key) when it is on without
+    /// context takeover. With context takeover every compressed message
+    /// depends on this connection's earlier ones: `None`.
+    pub fn shared_form(&self, opcode: OpCode, len: usize) -> Option<SharedForm> {
+        if self.role == Role::Client || self.closed {
+            return None;
+        }
+        if opcode.is_control() {
+            return Some(SharedForm::Plain);
+        }
+        if self.fragmenting.is_some() || !matches!(opcode, OpCode::Text | OpCode::Binary) {
+            return None;
+        }
+        match &self.deflate {
+            None => Some(SharedForm::Plain),
+            Some(_) if len < self.threshold => Some(SharedForm::Plain),
+            Some(d) => d.compressor.shared_key().map(SharedForm::Deflated),
+        }
     }
 
-    /// Queues a frame that was encoded once for many connections (see
-    /// [`encode_server_frame`]), without encoding it again.
+    /// Queues a frame that was encoded once for many connections, without
+    /// encoding it again: from [`encode_server_frame`] or
+    /// [`encode_server_frame_deflated`], in the form [`Encoder::shared_form`]
+    /// named for it.
     ///
-    /// Only a server that does not compress can send shared frames: clients
-    /// mask every frame with their own key, and compression state is per
-    /// connection. Returns `Ok(false)` without queueing anything in those
-    /// cases (the caller then encodes the message itself).
+    /// Returns `Ok(false)` without queueing anything where no shared frame
+    /// can be sent: on a client, and for a compressed frame (RSV1 set) on a
+    /// connection that does not compress without context takeover. The
+    /// caller then encodes the message itself.
     pub fn shared_frame(
         &mut self,
         opcode: OpCode,
@@ -202,7 +227,12 @@ impl Encoder {
         if self.closed {
             return Err(EncodeError::Closed);
         }
-        if self.role == Role::Client || (self.deflate.is_some() && opcode.is_data()) {
+        let compressed = frame.first().is_some_and(|b| b & RSV1 != 0);
+        let can_take_compressed = self
+            .deflate
+            .as_ref()
+            .is_some_and(|d| d.compressor.shared_key().is_some());
+        if self.role == Role::Client || (compressed && !can_take_compressed) {
             return Ok(false);
         }
         if opcode.is_data() && self.fragmenting.is_some() {
@@ -248,9 +278,7 @@ impl Encoder {
                 out.clear();
                 d.compressor.compress_fragment(payload, fin, &mut out);
                 self.write_frame(fin, first, wire_opcode, &out, dst);
-                if let Some(d) = self.deflate.as_mut() {
-                    d.scratch = out;
-                }
+                self.keep_scratch(out);
             }
             None => self.write_frame(fin, false, wire_opcode, payload, dst),
         }
@@ -311,6 +339,17 @@ impl Encoder {
         Ok(())
     }
 
+    /// Keeps the compressor's output buffer for the next message, but only
+    /// where the connection keeps a compression state anyway (context
+    /// takeover): without, an idle connection holds nothing.
+    fn keep_scratch(&mut self, out: BytesMut) {
+        if let Some(d) = self.deflate.as_mut() {
+            if d.compressor.shared_key().is_none() {
+                d.scratch = out;
+            }
+        }
+    }
+
     fn check_data(&self, opcode: OpCode) -> Result<(), EncodeError> {
         if self.closed {
             return Err(EncodeError::Closed);
@@ -356,6 +395,19 @@ impl Encoder {
     }
 }
 
+/// The RSV1 bit in a frame's first byte: set on a compressed message.
+const RSV1: u8 = 0x40;
+
+/// How a server connection can send a message encoded once for many
+/// connections; see [`Encoder::shared_form`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SharedForm {
+    /// The frame as [`encode_server_frame`] makes it: uncompressed.
+    Plain,
+    /// The frame as [`encode_server_frame_deflated`] makes it with this key.
+    Deflated(SharedKey),
+}
+
 /// Encodes one frame with explicit header fields: for tools and tests that
 /// need to produce frames a normal sender never would (reserved bits,
 /// reserved opcodes, unmasked client frames). The payload is masked with
@@ -388,5 +440,35 @@ pub fn encode_server_frame(opcode: OpCode, payload: &[u8]) -> Result<Bytes, Enco
     let mut out = BytesMut::with_capacity(n + payload.len());
     out.extend_from_slice(buf.get(..n).unwrap_or_default());
     out.extend_from_slice(payload);
+    Ok(out.freeze())
+}
+
+/// Encodes a whole data message (`Text` or `Binary`) as a server sends it
+/// compressed without context takeover (one frame, unmasked, RSV1 set): for
+/// sending the same bytes to every connection whose
+/// [`Encoder::shared_form`] is [`SharedForm::Deflated`] with `key`, with
+/// [`Encoder::shared_frame`].
+///
+/// The compression state comes from the calling thread's pool (see
+/// [`crate::deflate`]) and goes back to it.
+pub fn encode_server_frame_deflated(
+    opcode: OpCode,
+    payload: &[u8],
+    key: SharedKey,
+) -> Result<Bytes, EncodeError> {
+    if !matches!(opcode, OpCode::Text | OpCode::Binary) {
+        return Err(EncodeError::NotADataOpcode(opcode));
+    }
+    let mut body = BytesMut::new();
+    key.compressor().compress(payload, &mut body);
+    let header = FrameHeader {
+        rsv1: true,
+        ..FrameHeader::new(opcode, body.len() as u64)
+    };
+    let mut buf = [0u8; MAX_HEADER_LEN];
+    let n = header.encode(&mut buf);
+    let mut out = BytesMut::with_capacity(n + body.len());
+    out.extend_from_slice(buf.get(..n).unwrap_or_default());
+    out.extend_from_slice(&body);
     Ok(out.freeze())
 }
