@@ -472,3 +472,176 @@ pub fn encode_server_frame_deflated(
     out.extend_from_slice(&body);
     Ok(out.freeze())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deflate::{Decompressor, DeflateConfig, DeflateParams};
+    use crate::{Decoder, Incoming, Limits};
+
+    fn text(len: usize) -> String {
+        let mut s = "the quick brown fox jumps over the lazy dog. ".repeat(len / 45 + 1);
+        s.truncate(len);
+        s
+    }
+
+    fn server(no_context_takeover: bool, bits: u8) -> Encoder {
+        let params = DeflateParams {
+            server_no_context_takeover: no_context_takeover,
+            server_max_window_bits: bits,
+            ..DeflateParams::default()
+        };
+        let config = DeflateConfig::default();
+        Encoder::new(
+            Role::Server,
+            Some((params.server_compressor(&config), config.threshold)),
+        )
+    }
+
+    /// Decodes one message as a client that negotiated `params`.
+    fn client_decode(params: DeflateParams, wire: &[u8]) -> String {
+        let mut d = Decoder::new(
+            Role::Client,
+            Limits::default(),
+            Some(params.client_decompressor()),
+        );
+        let mut buf = BytesMut::from(wire);
+        match d.decode(&mut buf).unwrap() {
+            Some(Incoming::Text(t)) => t.as_str().to_owned(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn shared_forms() {
+        let plain = Encoder::new(Role::Server, None);
+        assert_eq!(
+            plain.shared_form(OpCode::Text, 5000),
+            Some(SharedForm::Plain)
+        );
+        let client = Encoder::new(Role::Client, None);
+        assert_eq!(client.shared_form(OpCode::Text, 5), None);
+
+        let takeover = server(false, 15);
+        assert_eq!(
+            takeover.shared_form(OpCode::Text, 255),
+            Some(SharedForm::Plain)
+        );
+        assert_eq!(takeover.shared_form(OpCode::Text, 256), None);
+        assert_eq!(
+            takeover.shared_form(OpCode::Ping, 10),
+            Some(SharedForm::Plain)
+        );
+
+        let a = server(true, 15);
+        let b = server(true, 15);
+        let small = server(true, 8);
+        let key = |e: &Encoder| match e.shared_form(OpCode::Binary, 1000) {
+            Some(SharedForm::Deflated(k)) => k,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(key(&a), key(&b));
+        assert_ne!(key(&a), key(&small));
+        assert_eq!(key(&small).window_bits(), 9);
+        assert_eq!(a.shared_form(OpCode::Text, 10), Some(SharedForm::Plain));
+    }
+
+    #[test]
+    fn a_deflated_shared_frame_equals_what_each_connection_would_send() {
+        let payload = text(1000);
+        for bits in [8, 9, 12, 15] {
+            let mut own = server(true, bits);
+            let Some(SharedForm::Deflated(key)) = own.shared_form(OpCode::Text, payload.len())
+            else {
+                panic!("no key")
+            };
+            let shared =
+                encode_server_frame_deflated(OpCode::Text, payload.as_bytes(), key).unwrap();
+            assert!(shared.len() < payload.len() / 4, "{} bytes", shared.len());
+            // Twice: the second message comes out the same (no context).
+            for _ in 0..2 {
+                let mut q = WriteQueue::new();
+                own.text(&payload, &mut q).unwrap();
+                assert_eq!(q.to_vec(), shared.to_vec(), "bits {bits}");
+            }
+            let mut q = WriteQueue::new();
+            let mut e = server(true, bits);
+            assert!(
+                e.shared_frame(OpCode::Text, shared.clone(), &mut q)
+                    .unwrap()
+            );
+            let params = DeflateParams {
+                server_no_context_takeover: true,
+                server_max_window_bits: bits,
+                ..DeflateParams::default()
+            };
+            assert_eq!(client_decode(params, &q.to_vec()), payload);
+        }
+    }
+
+    #[test]
+    fn compressed_shared_frames_only_where_they_decode() {
+        let payload = text(1000);
+        let key = match server(true, 15).shared_form(OpCode::Text, 1000) {
+            Some(SharedForm::Deflated(k)) => k,
+            other => panic!("{other:?}"),
+        };
+        let frame = encode_server_frame_deflated(OpCode::Text, payload.as_bytes(), key).unwrap();
+        let mut q = WriteQueue::new();
+        // A connection with context takeover, and one that does not
+        // compress at all, must not take it.
+        assert!(
+            !server(false, 15)
+                .shared_frame(OpCode::Text, frame.clone(), &mut q)
+                .unwrap()
+        );
+        let mut plain = Encoder::new(Role::Server, None);
+        assert!(!plain.shared_frame(OpCode::Text, frame, &mut q).unwrap());
+        assert!(q.is_empty());
+        // The uncompressed frame is fine for both.
+        let frame = encode_server_frame(OpCode::Text, b"hi").unwrap();
+        assert!(
+            server(false, 15)
+                .shared_frame(OpCode::Text, frame.clone(), &mut q)
+                .unwrap()
+        );
+        assert!(plain.shared_frame(OpCode::Text, frame, &mut q).unwrap());
+        assert!(matches!(
+            encode_server_frame_deflated(OpCode::Ping, b"x", key),
+            Err(EncodeError::NotADataOpcode(OpCode::Ping))
+        ));
+    }
+
+    #[test]
+    fn no_state_kept_between_messages_without_context_takeover() {
+        let payload = text(5000);
+        let mut c = crate::deflate::Compressor::new(15, 1, true);
+        let mut d = Decompressor::new(15, true);
+        for i in 0..3 {
+            let mut out = BytesMut::new();
+            c.compress(payload.as_bytes(), &mut out);
+            assert!(!c.holds_state(), "message {i}");
+            let mut back = BytesMut::new();
+            d.decompress(&out, true, &mut back, 1 << 20).unwrap();
+            assert!(!d.holds_state(), "message {i}");
+            assert_eq!(&back[..], payload.as_bytes());
+        }
+        // A fragmented message holds the state until its last fragment.
+        let mut out = BytesMut::new();
+        c.compress_fragment(b"first half, ", false, &mut out);
+        assert!(c.holds_state());
+        c.compress_fragment(b"second half", true, &mut out);
+        assert!(!c.holds_state());
+        let mut back = BytesMut::new();
+        d.decompress(&out, true, &mut back, 1 << 20).unwrap();
+        assert_eq!(&back[..], b"first half, second half");
+        // With context takeover both keep their state.
+        let mut c = crate::deflate::Compressor::new(15, 1, false);
+        let mut d = Decompressor::new(15, false);
+        let mut out = BytesMut::new();
+        c.compress(payload.as_bytes(), &mut out);
+        d.decompress(&out, true, &mut BytesMut::new(), 1 << 20)
+            .unwrap();
+        assert!(c.holds_state() && d.holds_state());
+    }
+}
