@@ -42,11 +42,14 @@ pub struct Prepared(Arc<PreparedInner>);
 /// the message themselves.
 const MAX_DEFLATED_FORMS: usize = 4;
 
+/// A frame encoded on first use; `None` if the message cannot be shared.
+type FrameSlot = Arc<OnceLock<Option<Bytes>>>;
+
 struct PreparedInner {
     message: Message,
     frame: OnceLock<Option<Bytes>>,
     /// Compressed frames, made on first use for each key.
-    deflated: Mutex<Vec<(SharedKey, Arc<OnceLock<Option<Bytes>>>)>>,
+    deflated: Mutex<Vec<(SharedKey, FrameSlot)>>,
 }
 
 impl Prepared {
