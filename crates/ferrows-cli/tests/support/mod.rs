@@ -149,6 +149,7 @@ impl Server {
     }
 
     /// The server's process id (for its memory in /proc).
+    #[allow(dead_code)] // servers.rs does not use it
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
