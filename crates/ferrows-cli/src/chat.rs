@@ -214,6 +214,9 @@ pub(crate) async fn handle(
     }
     let path = hs.request().path().to_owned();
     hs.config_mut().write_high_water_mark = HIGH_WATER_MARK;
+    if let Some(d) = hs.config_mut().compression.as_mut() {
+        *d = d.clone().for_broadcast();
+    }
     let mut ws = match hs.accept().await {
         Ok(ws) => ws,
         Err(e) => {

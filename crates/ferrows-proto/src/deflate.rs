@@ -29,11 +29,23 @@
 //! 46 KiB at every window size (zlib-rs always allocates a 32 KiB window).
 //! Both are allocated on first use, so a connection that never sends (or
 //! never receives) a compressed message pays nothing for it.
+//!
+//! Without context takeover a direction needs no state between messages, so
+//! none is kept: a [`Compressor`] or [`Decompressor`] made with
+//! `no_context_takeover` borrows a state from a small per-thread pool for
+//! one message and gives it back (reset) when the message ends. Memory then
+//! depends on the number of threads, not of connections; [`stats`] counts the
+//! states alive in the process. A server that broadcasts answers with
+//! `server_no_context_takeover` ([`DeflateConfig::for_broadcast`]), and can then
+//! compress a message once for every connection whose [`SharedKey`] is the
+//! same.
 
 use crate::extensions::ExtensionOffer;
 use bytes::BytesMut;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use std::cell::RefCell;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The extension token, `permessage-deflate`.
 pub const EXTENSION_NAME: &str = "permessage-deflate";
@@ -77,8 +89,10 @@ pub struct DeflateConfig {
     ///
     /// Default `false`. *Server:* if `true`, always reset (and say so with
     /// `server_no_context_takeover` in the response); if `false`, reset only
-    /// when the client asks for it. Resetting saves nothing in memory with
-    /// zlib-rs but costs compression ratio. *Client:* if `true`, ask the server
+    /// when the client asks for it. Resetting costs compression ratio, but
+    /// then no state is kept between messages (see the module docs) and a
+    /// broadcast can be compressed once for many connections
+    /// ([`DeflateConfig::for_broadcast`]). *Client:* if `true`, ask the server
     /// to reset its context (the offer carries `server_no_context_takeover`,
     /// and a response without it is rejected).
     pub server_no_context_takeover: bool,
@@ -183,6 +197,31 @@ impl DeflateConfig {
     pub fn threshold(mut self, value: usize) -> Self {
         self.threshold = value;
         self
+    }
+
+    /// Sets both `*_no_context_takeover` flags: the settings of a server
+    /// that sends the same messages to many connections (a chat room, a
+    /// `Hub`).
+    ///
+    /// Its response then carries `server_no_context_takeover` and
+    /// `client_no_context_takeover` whatever the client offered (RFC 7692
+    /// §7.1.1.1 and §7.1.1.2 allow both, and every client must accept them),
+    /// so no connection keeps a compression or decompression state between
+    /// messages (see the module docs: states come from a per-thread pool),
+    /// and a broadcast is compressed once for all connections with the same
+    /// [`SharedKey`] instead of once per connection. The price is the ratio
+    /// lost by not referring to earlier messages, small for messages that do
+    /// not repeat each other.
+    ///
+    /// ```
+    /// # use ferrows_proto::deflate::DeflateConfig;
+    /// let config = DeflateConfig::default().for_broadcast();
+    /// assert!(config.server_no_context_takeover && config.client_no_context_takeover);
+    /// ```
+    #[must_use]
+    pub fn for_broadcast(self) -> Self {
+        self.server_no_context_takeover(true)
+            .client_no_context_takeover(true)
     }
 
     /// Checks the ranges: window bits `8..=15`, level `0..=9`.
@@ -681,18 +720,190 @@ impl std::error::Error for DeflateNegotiationError {}
 // Compression
 // ---------------------------------------------------------------------------
 
+/// How many compression and decompression states are alive in this process:
+/// owned by a connection (context takeover, or a message under way) or
+/// pooled for the next message without context takeover.
+///
+/// Each compression state holds 243 KiB plus `4 << window_bits` bytes, each
+/// decompression state 46 KiB (see the module docs). For tests and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeflateStats {
+    /// Compression states alive.
+    pub compressors: usize,
+    /// Decompression states alive.
+    pub decompressors: usize,
+    /// Messages (or first fragments) compressed so far, by every
+    /// [`Compressor`] of the process.
+    pub messages_compressed: u64,
+}
+
+static LIVE_COMPRESSORS: AtomicUsize = AtomicUsize::new(0);
+static LIVE_DECOMPRESSORS: AtomicUsize = AtomicUsize::new(0);
+static MESSAGES_COMPRESSED: AtomicU64 = AtomicU64::new(0);
+
+/// The process's [`DeflateStats`] now.
+pub fn stats() -> DeflateStats {
+    DeflateStats {
+        compressors: LIVE_COMPRESSORS.load(Ordering::Relaxed),
+        decompressors: LIVE_DECOMPRESSORS.load(Ordering::Relaxed),
+        messages_compressed: MESSAGES_COMPRESSED.load(Ordering::Relaxed),
+    }
+}
+
+/// States kept per thread for directions without context takeover: a few
+/// (window, level) combinations in use at once, each state a few hundred
+/// KiB. A state given back to a full pool replaces the oldest one.
+const POOL_PER_THREAD: usize = 4;
+
+thread_local! {
+    static COMPRESS_POOL: RefCell<Vec<CompressState>> = const { RefCell::new(Vec::new()) };
+    static DECOMPRESS_POOL: RefCell<Vec<DecompressState>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A zlib-rs compression state, counted in [`stats`].
+#[derive(Debug)]
+struct CompressState {
+    z: Compress,
+    window_bits: u8,
+    level: u32,
+}
+
+impl CompressState {
+    fn new(window_bits: u8, level: u32) -> CompressState {
+        LIVE_COMPRESSORS.fetch_add(1, Ordering::Relaxed);
+        CompressState {
+            z: Compress::new_with_window_bits(Compression::new(level), false, window_bits),
+            window_bits,
+            level,
+        }
+    }
+
+    /// A reset state from this thread's pool, or a new one.
+    fn take(window_bits: u8, level: u32) -> CompressState {
+        COMPRESS_POOL
+            .try_with(|pool| {
+                let mut pool = pool.try_borrow_mut().ok()?;
+                let i = pool
+                    .iter()
+                    .rposition(|s| s.window_bits == window_bits && s.level == level)?;
+                Some(pool.remove(i))
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| CompressState::new(window_bits, level))
+    }
+
+    /// Resets the state and puts it in this thread's pool.
+    fn give_back(mut self) {
+        self.z.reset();
+        let _ = COMPRESS_POOL.try_with(move |pool| {
+            if let Ok(mut pool) = pool.try_borrow_mut() {
+                if pool.len() >= POOL_PER_THREAD {
+                    pool.remove(0);
+                }
+                pool.push(self);
+            }
+        });
+    }
+}
+
+impl Drop for CompressState {
+    fn drop(&mut self) {
+        LIVE_COMPRESSORS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A zlib-rs decompression state (always a 32 KiB window), counted in
+/// [`stats`].
+#[derive(Debug)]
+struct DecompressState {
+    z: Decompress,
+}
+
+impl DecompressState {
+    fn new() -> DecompressState {
+        LIVE_DECOMPRESSORS.fetch_add(1, Ordering::Relaxed);
+        DecompressState {
+            z: Decompress::new_with_window_bits(false, MAX_WINDOW_BITS),
+        }
+    }
+
+    /// A reset state from this thread's pool, or a new one.
+    fn take() -> DecompressState {
+        DECOMPRESS_POOL
+            .try_with(|pool| pool.try_borrow_mut().ok()?.pop())
+            .ok()
+            .flatten()
+            .unwrap_or_else(DecompressState::new)
+    }
+
+    /// Resets the state and puts it in this thread's pool.
+    fn give_back(mut self) {
+        self.z.reset(false);
+        let _ = DECOMPRESS_POOL.try_with(move |pool| {
+            if let Ok(mut pool) = pool.try_borrow_mut() {
+                if pool.len() >= POOL_PER_THREAD {
+                    pool.remove(0);
+                }
+                pool.push(self);
+            }
+        });
+    }
+}
+
+impl Drop for DecompressState {
+    fn drop(&mut self) {
+        LIVE_DECOMPRESSORS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a message compressed without context takeover depends on: the
+/// window and the level. Compressors with equal keys turn the same message
+/// into the same bytes, and a peer that negotiated a window at least this
+/// large decodes them, so a server can compress a broadcast once for every
+/// connection whose [`Compressor::shared_key`] is equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SharedKey {
+    window_bits: u8,
+    level: u8,
+}
+
+impl SharedKey {
+    /// The window bits the message is compressed with (`9..=15`; see
+    /// [`Compressor::new`] for why never 8).
+    pub fn window_bits(&self) -> u8 {
+        self.window_bits
+    }
+
+    /// The zlib level (`0..=9`).
+    pub fn level(&self) -> u32 {
+        u32::from(self.level)
+    }
+
+    /// A compressor for one message with this key (no context takeover).
+    pub fn compressor(&self) -> Compressor {
+        Compressor::new(self.window_bits, self.level(), true)
+    }
+}
+
 /// Compresses messages of one direction.
 ///
-/// The DEFLATE state is allocated on the first message, reused for every
-/// message after it, and (with context takeover) carries the LZ77 window from
-/// one message to the next.
+/// The DEFLATE state is allocated on the first message. With context
+/// takeover it is kept for every message after it and carries the LZ77
+/// window from one message to the next; without, it is borrowed from a
+/// per-thread pool for each message (for every frame of a fragmented one)
+/// and given back, reset, when the message ends, so an idle compressor holds
+/// no memory.
 #[derive(Debug)]
 pub struct Compressor {
-    inner: Option<Compress>,
+    inner: Option<CompressState>,
     /// Window bits given to zlib-rs: `9..=15`.
     window_bits: u8,
     level: u32,
     no_context_takeover: bool,
+    /// A fragmented message is under way.
+    in_message: bool,
 }
 
 impl Compressor {
@@ -711,7 +922,24 @@ impl Compressor {
             window_bits: clamp_bits(window_bits).max(9),
             level: level.min(9),
             no_context_takeover,
+            in_message: false,
         }
+    }
+
+    /// The key of the messages this compressor makes, if they can be shared
+    /// with other connections: only without context takeover.
+    pub fn shared_key(&self) -> Option<SharedKey> {
+        self.no_context_takeover.then(|| SharedKey {
+            window_bits: self.window_bits,
+            level: u8::try_from(self.level).unwrap_or(9),
+        })
+    }
+
+    /// Whether this compressor holds a DEFLATE state now (with context
+    /// takeover from the first message on; without, only while a fragmented
+    /// message is under way).
+    pub fn holds_state(&self) -> bool {
+        self.inner.is_some()
     }
 
     /// Compresses a whole message, appending the RFC 7692 payload (DEFLATE
@@ -732,6 +960,10 @@ impl Compressor {
     /// (RFC 7692 needs at least `00` to decode).
     pub fn compress_fragment(&mut self, input: &[u8], fin: bool, dst: &mut BytesMut) {
         let start = dst.len();
+        if !self.in_message {
+            MESSAGES_COMPRESSED.fetch_add(1, Ordering::Relaxed);
+        }
+        self.in_message = !fin;
         self.deflate_sync(input, dst);
         if fin {
             let ends_with_tail = dst
@@ -746,8 +978,10 @@ impl Compressor {
                 // appended tail decodable.
                 dst.extend_from_slice(&[0x00]);
             }
-            if let (true, Some(inner)) = (self.no_context_takeover, self.inner.as_mut()) {
-                inner.reset();
+            if self.no_context_takeover {
+                if let Some(state) = self.inner.take() {
+                    state.give_back();
+                }
             }
         }
     }
@@ -755,9 +989,14 @@ impl Compressor {
     /// Runs `input` through deflate with a sync flush, appending to `dst`.
     fn deflate_sync(&mut self, mut input: &[u8], dst: &mut BytesMut) {
         let (window_bits, level) = (self.window_bits, self.level);
-        let inner = self.inner.get_or_insert_with(|| {
-            Compress::new_with_window_bits(Compression::new(level), false, window_bits)
+        let state = self.inner.get_or_insert_with(|| {
+            if self.no_context_takeover {
+                CompressState::take(window_bits, level)
+            } else {
+                CompressState::new(window_bits, level)
+            }
         });
+        let inner = &mut state.z;
         // Enough for the whole output in one call in practice: incompressible
         // data grows by ~5 bytes per stored block of up to 64 KiB, and the
         // flush adds at most ~10. When it is not, the loop goes round again.
@@ -803,7 +1042,7 @@ const MAX_INFLATE_CHUNK: usize = 16 << 20;
 /// Decompresses messages of one direction, with a bound on output size.
 #[derive(Debug)]
 pub struct Decompressor {
-    inner: Option<Decompress>,
+    inner: Option<DecompressState>,
     window_bits: u8,
     no_context_takeover: bool,
     /// No input consumed since the DEFLATE stream (re)started.
@@ -868,29 +1107,47 @@ impl Decompressor {
         limit: usize,
     ) -> Result<(), InflateError> {
         let start = dst.len();
-        let inner = self
-            .inner
-            .get_or_insert_with(|| Decompress::new_with_window_bits(false, MAX_WINDOW_BITS));
+        let no_context_takeover = self.no_context_takeover;
+        let state = self.inner.get_or_insert_with(|| {
+            if no_context_takeover {
+                DecompressState::take()
+            } else {
+                DecompressState::new()
+            }
+        });
+        let inner = &mut state.z;
         let stream_start = &mut self.stream_start;
         let mut result = inflate_into(inner, input, dst, limit, stream_start);
         if fin && result.is_ok() && !*stream_start {
             result = inflate_into(inner, &FLUSH_TAIL, dst, limit, stream_start);
         }
-        match result {
-            Ok(()) => {
-                if fin && self.no_context_takeover {
-                    inner.reset(false);
-                    *stream_start = true;
-                }
-                Ok(())
-            }
-            Err(err) => {
+        let message_over = match result {
+            Ok(()) => fin,
+            Err(_) => {
                 dst.truncate(start);
-                inner.reset(false);
-                *stream_start = true;
-                Err(err)
+                true
+            }
+        };
+        if message_over && (no_context_takeover || result.is_err()) {
+            self.stream_start = true;
+            match self.inner.take() {
+                // Given back reset, for the next message on this thread.
+                Some(state) if no_context_takeover => state.give_back(),
+                Some(mut state) => {
+                    state.z.reset(false);
+                    self.inner = Some(state);
+                }
+                None => {}
             }
         }
+        result
+    }
+
+    /// Whether this decompressor holds a DEFLATE state now (with context
+    /// takeover from the first compressed message on; without, only while a
+    /// fragmented message is under way).
+    pub fn holds_state(&self) -> bool {
+        self.inner.is_some()
     }
 }
 

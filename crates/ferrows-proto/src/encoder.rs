@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::Role;
 use crate::close::CloseFrame;
-use crate::deflate::Compressor;
+use crate::deflate::{Compressor, SharedKey};
 use crate::frame::{FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode};
 use crate::mask::apply_mask;
 use crate::write_queue::WriteQueue;
@@ -145,9 +145,7 @@ impl Encoder {
             out.clear();
             d.compressor.compress(payload, &mut out);
             self.write_frame(true, true, opcode, &out, dst);
-            if let Some(d) = self.deflate.as_mut() {
-                d.scratch = out;
-            }
+            self.keep_scratch(out);
             return Ok(());
         }
         self.write_frame(true, false, opcode, payload, dst);
@@ -180,19 +178,46 @@ impl Encoder {
         Ok(())
     }
 
-    /// Whether [`Encoder::shared_frame`] can queue data frames encoded once
-    /// for many connections: only a server that does not compress.
-    pub fn shares_frames(&self) -> bool {
-        self.role == Role::Server && self.deflate.is_none() && !self.closed
+    /// How this encoder could send a message of type `opcode` and `len`
+    /// payload bytes as a frame encoded once for many connections (see
+    /// [`Encoder::shared_frame`]); `None` if it must encode the message
+    /// itself.
+    ///
+    /// Only a server can share frames (clients mask each frame with their
+    /// own key), and not in the middle of a fragmented message or after its
+    /// close. Control frames and messages below the compression threshold
+    /// are shared as they are ([`SharedForm::Plain`], from
+    /// [`encode_server_frame`]); longer ones uncompressed when permessage-deflate
+    /// is off, compressed ([`SharedForm::Deflated`], from
+    /// [`encode_server_frame_deflated`] with that key) when it is on without
+    /// context takeover. With context takeover every compressed message
+    /// depends on this connection's earlier ones: `None`.
+    pub fn shared_form(&self, opcode: OpCode, len: usize) -> Option<SharedForm> {
+        if self.role == Role::Client || self.closed {
+            return None;
+        }
+        if opcode.is_control() {
+            return Some(SharedForm::Plain);
+        }
+        if self.fragmenting.is_some() || !matches!(opcode, OpCode::Text | OpCode::Binary) {
+            return None;
+        }
+        match &self.deflate {
+            None => Some(SharedForm::Plain),
+            Some(_) if len < self.threshold => Some(SharedForm::Plain),
+            Some(d) => d.compressor.shared_key().map(SharedForm::Deflated),
+        }
     }
 
-    /// Queues a frame that was encoded once for many connections (see
-    /// [`encode_server_frame`]), without encoding it again.
+    /// Queues a frame that was encoded once for many connections, without
+    /// encoding it again: from [`encode_server_frame`] or
+    /// [`encode_server_frame_deflated`], in the form [`Encoder::shared_form`]
+    /// named for it.
     ///
-    /// Only a server that does not compress can send shared frames: clients
-    /// mask every frame with their own key, and compression state is per
-    /// connection. Returns `Ok(false)` without queueing anything in those
-    /// cases (the caller then encodes the message itself).
+    /// Returns `Ok(false)` without queueing anything where no shared frame
+    /// can be sent: on a client, and for a compressed frame (RSV1 set) on a
+    /// connection that does not compress without context takeover. The
+    /// caller then encodes the message itself.
     pub fn shared_frame(
         &mut self,
         opcode: OpCode,
@@ -202,7 +227,12 @@ impl Encoder {
         if self.closed {
             return Err(EncodeError::Closed);
         }
-        if self.role == Role::Client || (self.deflate.is_some() && opcode.is_data()) {
+        let compressed = frame.first().is_some_and(|b| b & RSV1 != 0);
+        let can_take_compressed = self
+            .deflate
+            .as_ref()
+            .is_some_and(|d| d.compressor.shared_key().is_some());
+        if self.role == Role::Client || (compressed && !can_take_compressed) {
             return Ok(false);
         }
         if opcode.is_data() && self.fragmenting.is_some() {
@@ -248,9 +278,7 @@ impl Encoder {
                 out.clear();
                 d.compressor.compress_fragment(payload, fin, &mut out);
                 self.write_frame(fin, first, wire_opcode, &out, dst);
-                if let Some(d) = self.deflate.as_mut() {
-                    d.scratch = out;
-                }
+                self.keep_scratch(out);
             }
             None => self.write_frame(fin, false, wire_opcode, payload, dst),
         }
@@ -311,6 +339,17 @@ impl Encoder {
         Ok(())
     }
 
+    /// Keeps the compressor's output buffer for the next message, but only
+    /// where the connection keeps a compression state anyway (context
+    /// takeover): without, an idle connection holds nothing.
+    fn keep_scratch(&mut self, out: BytesMut) {
+        if let Some(d) = self.deflate.as_mut() {
+            if d.compressor.shared_key().is_none() {
+                d.scratch = out;
+            }
+        }
+    }
+
     fn check_data(&self, opcode: OpCode) -> Result<(), EncodeError> {
         if self.closed {
             return Err(EncodeError::Closed);
@@ -356,6 +395,19 @@ impl Encoder {
     }
 }
 
+/// The RSV1 bit in a frame's first byte: set on a compressed message.
+const RSV1: u8 = 0x40;
+
+/// How a server connection can send a message encoded once for many
+/// connections; see [`Encoder::shared_form`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SharedForm {
+    /// The frame as [`encode_server_frame`] makes it: uncompressed.
+    Plain,
+    /// The frame as [`encode_server_frame_deflated`] makes it with this key.
+    Deflated(SharedKey),
+}
+
 /// Encodes one frame with explicit header fields: for tools and tests that
 /// need to produce frames a normal sender never would (reserved bits,
 /// reserved opcodes, unmasked client frames). The payload is masked with
@@ -389,4 +441,207 @@ pub fn encode_server_frame(opcode: OpCode, payload: &[u8]) -> Result<Bytes, Enco
     out.extend_from_slice(buf.get(..n).unwrap_or_default());
     out.extend_from_slice(payload);
     Ok(out.freeze())
+}
+
+/// Encodes a whole data message (`Text` or `Binary`) as a server sends it
+/// compressed without context takeover (one frame, unmasked, RSV1 set): for
+/// sending the same bytes to every connection whose
+/// [`Encoder::shared_form`] is [`SharedForm::Deflated`] with `key`, with
+/// [`Encoder::shared_frame`].
+///
+/// The compression state comes from the calling thread's pool (see
+/// [`crate::deflate`]) and goes back to it.
+pub fn encode_server_frame_deflated(
+    opcode: OpCode,
+    payload: &[u8],
+    key: SharedKey,
+) -> Result<Bytes, EncodeError> {
+    if !matches!(opcode, OpCode::Text | OpCode::Binary) {
+        return Err(EncodeError::NotADataOpcode(opcode));
+    }
+    let mut body = BytesMut::new();
+    key.compressor().compress(payload, &mut body);
+    let header = FrameHeader {
+        rsv1: true,
+        ..FrameHeader::new(opcode, body.len() as u64)
+    };
+    let mut buf = [0u8; MAX_HEADER_LEN];
+    let n = header.encode(&mut buf);
+    let mut out = BytesMut::with_capacity(n + body.len());
+    out.extend_from_slice(buf.get(..n).unwrap_or_default());
+    out.extend_from_slice(&body);
+    Ok(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deflate::{Decompressor, DeflateConfig, DeflateParams};
+    use crate::{Decoder, Incoming, Limits};
+
+    fn text(len: usize) -> String {
+        let mut s = "the quick brown fox jumps over the lazy dog. ".repeat(len / 45 + 1);
+        s.truncate(len);
+        s
+    }
+
+    fn server(no_context_takeover: bool, bits: u8) -> Encoder {
+        let params = DeflateParams {
+            server_no_context_takeover: no_context_takeover,
+            server_max_window_bits: bits,
+            ..DeflateParams::default()
+        };
+        let config = DeflateConfig::default();
+        Encoder::new(
+            Role::Server,
+            Some((params.server_compressor(&config), config.threshold)),
+        )
+    }
+
+    /// Decodes one message as a client that negotiated `params`.
+    fn client_decode(params: DeflateParams, wire: &[u8]) -> String {
+        let mut d = Decoder::new(
+            Role::Client,
+            Limits::default(),
+            Some(params.client_decompressor()),
+        );
+        let mut buf = BytesMut::from(wire);
+        match d.decode(&mut buf).unwrap() {
+            Some(Incoming::Text(t)) => t.as_str().to_owned(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn shared_forms() {
+        let plain = Encoder::new(Role::Server, None);
+        assert_eq!(
+            plain.shared_form(OpCode::Text, 5000),
+            Some(SharedForm::Plain)
+        );
+        let client = Encoder::new(Role::Client, None);
+        assert_eq!(client.shared_form(OpCode::Text, 5), None);
+
+        let takeover = server(false, 15);
+        assert_eq!(
+            takeover.shared_form(OpCode::Text, 255),
+            Some(SharedForm::Plain)
+        );
+        assert_eq!(takeover.shared_form(OpCode::Text, 256), None);
+        assert_eq!(
+            takeover.shared_form(OpCode::Ping, 10),
+            Some(SharedForm::Plain)
+        );
+
+        let a = server(true, 15);
+        let b = server(true, 15);
+        let small = server(true, 8);
+        let key = |e: &Encoder| match e.shared_form(OpCode::Binary, 1000) {
+            Some(SharedForm::Deflated(k)) => k,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(key(&a), key(&b));
+        assert_ne!(key(&a), key(&small));
+        assert_eq!(key(&small).window_bits(), 9);
+        assert_eq!(a.shared_form(OpCode::Text, 10), Some(SharedForm::Plain));
+    }
+
+    #[test]
+    fn a_deflated_shared_frame_equals_what_each_connection_would_send() {
+        let payload = text(1000);
+        for bits in [8, 9, 12, 15] {
+            let mut own = server(true, bits);
+            let Some(SharedForm::Deflated(key)) = own.shared_form(OpCode::Text, payload.len())
+            else {
+                panic!("no key")
+            };
+            let shared =
+                encode_server_frame_deflated(OpCode::Text, payload.as_bytes(), key).unwrap();
+            assert!(shared.len() < payload.len() / 4, "{} bytes", shared.len());
+            // Twice: the second message comes out the same (no context).
+            for _ in 0..2 {
+                let mut q = WriteQueue::new();
+                own.text(&payload, &mut q).unwrap();
+                assert_eq!(q.to_vec(), shared.to_vec(), "bits {bits}");
+            }
+            let mut q = WriteQueue::new();
+            let mut e = server(true, bits);
+            assert!(
+                e.shared_frame(OpCode::Text, shared.clone(), &mut q)
+                    .unwrap()
+            );
+            let params = DeflateParams {
+                server_no_context_takeover: true,
+                server_max_window_bits: bits,
+                ..DeflateParams::default()
+            };
+            assert_eq!(client_decode(params, &q.to_vec()), payload);
+        }
+    }
+
+    #[test]
+    fn compressed_shared_frames_only_where_they_decode() {
+        let payload = text(1000);
+        let key = match server(true, 15).shared_form(OpCode::Text, 1000) {
+            Some(SharedForm::Deflated(k)) => k,
+            other => panic!("{other:?}"),
+        };
+        let frame = encode_server_frame_deflated(OpCode::Text, payload.as_bytes(), key).unwrap();
+        let mut q = WriteQueue::new();
+        // A connection with context takeover, and one that does not
+        // compress at all, must not take it.
+        assert!(
+            !server(false, 15)
+                .shared_frame(OpCode::Text, frame.clone(), &mut q)
+                .unwrap()
+        );
+        let mut plain = Encoder::new(Role::Server, None);
+        assert!(!plain.shared_frame(OpCode::Text, frame, &mut q).unwrap());
+        assert!(q.is_empty());
+        // The uncompressed frame is fine for both.
+        let frame = encode_server_frame(OpCode::Text, b"hi").unwrap();
+        assert!(
+            server(false, 15)
+                .shared_frame(OpCode::Text, frame.clone(), &mut q)
+                .unwrap()
+        );
+        assert!(plain.shared_frame(OpCode::Text, frame, &mut q).unwrap());
+        assert!(matches!(
+            encode_server_frame_deflated(OpCode::Ping, b"x", key),
+            Err(EncodeError::NotADataOpcode(OpCode::Ping))
+        ));
+    }
+
+    #[test]
+    fn no_state_kept_between_messages_without_context_takeover() {
+        let payload = text(5000);
+        let mut c = crate::deflate::Compressor::new(15, 1, true);
+        let mut d = Decompressor::new(15, true);
+        for i in 0..3 {
+            let mut out = BytesMut::new();
+            c.compress(payload.as_bytes(), &mut out);
+            assert!(!c.holds_state(), "message {i}");
+            let mut back = BytesMut::new();
+            d.decompress(&out, true, &mut back, 1 << 20).unwrap();
+            assert!(!d.holds_state(), "message {i}");
+            assert_eq!(&back[..], payload.as_bytes());
+        }
+        // A fragmented message holds the state until its last fragment.
+        let mut out = BytesMut::new();
+        c.compress_fragment(b"first half, ", false, &mut out);
+        assert!(c.holds_state());
+        c.compress_fragment(b"second half", true, &mut out);
+        assert!(!c.holds_state());
+        let mut back = BytesMut::new();
+        d.decompress(&out, true, &mut back, 1 << 20).unwrap();
+        assert_eq!(&back[..], b"first half, second half");
+        // With context takeover both keep their state.
+        let mut c = crate::deflate::Compressor::new(15, 1, false);
+        let mut d = Decompressor::new(15, false);
+        let mut out = BytesMut::new();
+        c.compress(payload.as_bytes(), &mut out);
+        d.decompress(&out, true, &mut BytesMut::new(), 1 << 20)
+            .unwrap();
+        assert!(c.holds_state() && d.holds_state());
+    }
 }

@@ -52,7 +52,10 @@ mod write_queue;
 pub use close::{CloseCode, CloseFrame};
 pub use config::Limits;
 pub use decoder::{Decoder, Fragment, Incoming};
-pub use encoder::{EncodeError, Encoder, encode_raw_frame, encode_server_frame};
+pub use encoder::{
+    EncodeError, Encoder, SharedForm, encode_raw_frame, encode_server_frame,
+    encode_server_frame_deflated,
+};
 pub use error::ProtocolError;
 pub use frame::{FrameHeader, OpCode};
 pub use utf8::Utf8Bytes;

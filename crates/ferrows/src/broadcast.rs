@@ -8,14 +8,26 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use ferrows_proto::{CloseFrame, OpCode, encode_server_frame};
+use ferrows_proto::deflate::SharedKey;
+use ferrows_proto::{
+    CloseFrame, OpCode, SharedForm, encode_server_frame, encode_server_frame_deflated,
+};
 use tokio::sync::mpsc;
 
 use crate::message::Message;
 
 /// A message prepared for sending to many connections: cloning shares it,
-/// and servers that do not compress send the same encoded frame bytes
-/// (encoded once, on first use) instead of encoding it per connection.
+/// and servers send the same encoded frame bytes (encoded once, on first
+/// use) instead of encoding it per connection.
+///
+/// That holds for compressed connections too when they compress without
+/// context takeover (a server configured with
+/// [`DeflateConfig::for_broadcast`](crate::DeflateConfig::for_broadcast)):
+/// the message is compressed once per window size and level in use (one
+/// in practice) and every such connection queues the same bytes. Messages
+/// below the compression threshold are sent uncompressed, from the same
+/// frame as to connections that do not compress. Only connections with
+/// context takeover compress a long message themselves.
 ///
 /// ```
 /// let p = ferrows::Prepared::new(ferrows::Message::text("tick:1"));
@@ -25,9 +37,19 @@ use crate::message::Message;
 #[derive(Clone)]
 pub struct Prepared(Arc<PreparedInner>);
 
+/// At most this many compressed forms are kept per message (one per window
+/// size and level in use); connections with yet other parameters compress
+/// the message themselves.
+const MAX_DEFLATED_FORMS: usize = 4;
+
+/// A frame encoded on first use; `None` if the message cannot be shared.
+type FrameSlot = Arc<OnceLock<Option<Bytes>>>;
+
 struct PreparedInner {
     message: Message,
     frame: OnceLock<Option<Bytes>>,
+    /// Compressed frames, made on first use for each key.
+    deflated: Mutex<Vec<(SharedKey, FrameSlot)>>,
 }
 
 impl Prepared {
@@ -36,6 +58,7 @@ impl Prepared {
         Prepared(Arc::new(PreparedInner {
             message: message.into(),
             frame: OnceLock::new(),
+            deflated: Mutex::new(Vec::new()),
         }))
     }
 
@@ -44,18 +67,32 @@ impl Prepared {
         &self.0.message
     }
 
-    /// The opcode and server-side frame, encoded on first call; `None` for
-    /// messages that cannot be shared (fragments, oversized control frames).
-    pub(crate) fn server_frame(&self) -> Option<(OpCode, Bytes)> {
-        let msg = &self.0.message;
-        let opcode = match msg {
+    /// The opcode of the message's frame; `None` for fragments.
+    pub(crate) fn opcode(&self) -> Option<OpCode> {
+        Some(match &self.0.message {
             Message::Text(_) => OpCode::Text,
             Message::Binary(_) => OpCode::Binary,
             Message::Ping(_) => OpCode::Ping,
             Message::Pong(_) => OpCode::Pong,
             Message::Close(_) => OpCode::Close,
             Message::Fragment(_) => return None,
-        };
+        })
+    }
+
+    /// The frame in `form`, encoded on first call for that form; `None` for
+    /// messages that cannot be shared (fragments, oversized control frames,
+    /// a key beyond the few kept).
+    pub(crate) fn frame(&self, form: SharedForm) -> Option<(OpCode, Bytes)> {
+        match form {
+            SharedForm::Plain => self.server_frame(),
+            SharedForm::Deflated(key) => self.deflated_frame(key),
+        }
+    }
+
+    /// The opcode and uncompressed server-side frame, encoded on first call.
+    pub(crate) fn server_frame(&self) -> Option<(OpCode, Bytes)> {
+        let msg = &self.0.message;
+        let opcode = self.opcode()?;
         let frame = self.0.frame.get_or_init(|| {
             let payload: Bytes = match msg {
                 Message::Close(Some(f)) => close_payload(f),
@@ -63,6 +100,34 @@ impl Prepared {
                 other => other.clone().into_payload(),
             };
             encode_server_frame(opcode, &payload).ok()
+        });
+        frame.clone().map(|f| (opcode, f))
+    }
+
+    /// The data frame compressed with `key` (without context takeover),
+    /// compressed on first call for that key.
+    fn deflated_frame(&self, key: SharedKey) -> Option<(OpCode, Bytes)> {
+        let opcode = self.opcode().filter(|op| op.is_data())?;
+        let slot = {
+            let mut forms = self
+                .0
+                .deflated
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match forms.iter().find(|(k, _)| *k == key) {
+                Some((_, slot)) => slot.clone(),
+                None if forms.len() < MAX_DEFLATED_FORMS => {
+                    let slot = Arc::new(OnceLock::new());
+                    forms.push((key, slot.clone()));
+                    slot
+                }
+                None => return None,
+            }
+        };
+        // Outside the lock: other keys are not held up by this one; the
+        // same key waits for this compression instead of doing its own.
+        let frame = slot.get_or_init(|| {
+            encode_server_frame_deflated(opcode, self.0.message.as_payload(), key).ok()
         });
         frame.clone().map(|f| (opcode, f))
     }

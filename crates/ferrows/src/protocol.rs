@@ -110,13 +110,13 @@ impl WriteCore {
         if self.broken || self.ended {
             return Err(Error::Closed);
         }
-        // The shared frame is built (once, for all) only where it is used.
-        if let Some((opcode, frame)) = self
-            .encoder
-            .shares_frames()
-            .then(|| prepared.server_frame())
-            .flatten()
-        {
+        // The shared frame is built (once, for all) only in the form this
+        // connection can use.
+        let shared = prepared
+            .opcode()
+            .and_then(|op| self.encoder.shared_form(op, prepared.message().len()))
+            .and_then(|form| prepared.frame(form));
+        if let Some((opcode, frame)) = shared {
             if self.encoder.shared_frame(opcode, frame, &mut self.queue)? {
                 if opcode == OpCode::Close {
                     self.close_sent_at = Some(Instant::now());

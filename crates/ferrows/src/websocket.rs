@@ -244,8 +244,12 @@ where
     }
 
     /// Queues a [`Prepared`] message like [`WebSocket::queue`]. A server
-    /// that does not compress queues the shared frame bytes as they are:
-    /// no encoding, and no copy for large payloads.
+    /// queues the shared frame bytes as they are (no encoding, and no copy
+    /// for large payloads) unless it compresses with context takeover: a
+    /// message below the compression threshold goes out uncompressed, a
+    /// longer one compressed once for every connection that compresses
+    /// without context takeover with the same window and level (see
+    /// [`Prepared`]).
     ///
     /// # Errors
     ///

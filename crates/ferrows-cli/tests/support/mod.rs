@@ -148,6 +148,12 @@ impl Server {
         self.addr.port()
     }
 
+    /// The server's process id (for its memory in /proc).
+    #[allow(dead_code)] // servers.rs does not use it
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `ws://127.0.0.1:PORT{path}`.
     pub(crate) fn ws_url(&self, path: &str) -> String {
         format!("ws://{}{path}", self.addr)
