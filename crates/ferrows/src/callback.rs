@@ -51,8 +51,13 @@
 //!
 //! A broadcast is encoded once ([`crate::Prepared`]) and the same frame
 //! bytes are queued for every client, not re-encoded per client: by
-//! reference for frames over 1 KiB, by a plain copy for smaller ones
-//! (unless compression is enabled, which needs a per-connection encoder).
+//! reference for frames over 1 KiB, by a plain copy for smaller ones.
+//! With compression, configure it for broadcast
+//! (`Config::default().deflate(DeflateConfig::default().for_broadcast())`,
+//! see [`crate::DeflateConfig::for_broadcast`]): a message is then
+//! compressed once for every client and no connection keeps a compressor
+//! between messages; with context takeover each client compresses its own
+//! copy and keeps ~300 KiB of compressor state.
 
 use std::collections::HashMap;
 use std::fmt;
