@@ -91,6 +91,75 @@ pub(crate) struct RoomArgs {
     #[arg(long, value_name = "MESSAGES", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub(crate) queue: u64,
+    /// Messages per second one client may send (a token bucket); past it the
+    /// server stops reading that client until a token is due, so a flooding
+    /// client is slowed by TCP instead of overflowing everyone's queue; 0 disables
+    #[arg(long, value_name = "MSGS/S", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub(crate) rate: u32,
+    /// Messages one client may send at once above --rate
+    #[arg(long, value_name = "MESSAGES", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) burst: u32,
+}
+
+/// A client's inbound allowance: `rate` messages a second, `burst` at
+/// once. Counted in millitokens so the arithmetic is exact.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bucket {
+    /// Millitokens per millisecond (= messages per second); 0: unlimited.
+    rate: u64,
+    /// The most millitokens held.
+    cap: u64,
+    held: u64,
+    at: tokio::time::Instant,
+}
+
+impl Bucket {
+    /// A full bucket.
+    pub(crate) fn new(rate: u32, burst: u32, now: tokio::time::Instant) -> Bucket {
+        let cap = u64::from(burst.max(1)) * 1000;
+        Bucket {
+            rate: u64::from(rate),
+            cap,
+            held: cap,
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, now: tokio::time::Instant) {
+        let ms =
+            u64::try_from(now.saturating_duration_since(self.at).as_millis()).unwrap_or(u64::MAX);
+        if ms > 0 {
+            self.held = self
+                .held
+                .saturating_add(ms.saturating_mul(self.rate))
+                .min(self.cap);
+            self.at = now;
+        }
+    }
+
+    /// `None` if a message may be read now, else when the next may.
+    pub(crate) fn ready_at(&mut self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        if self.rate == 0 {
+            return None;
+        }
+        self.refill(now);
+        if self.held >= 1000 {
+            return None;
+        }
+        let wait_ms = (1000 - self.held).div_ceil(self.rate);
+        Some(self.at + Duration::from_millis(wait_ms))
+    }
+
+    /// Counts one message read.
+    pub(crate) fn take(&mut self, now: tokio::time::Instant) {
+        if self.rate == 0 {
+            return;
+        }
+        self.refill(now);
+        self.held = self.held.saturating_sub(1000);
+    }
 }
 
 /// The tick period; `None`: no tick.
@@ -153,6 +222,9 @@ pub(crate) fn parse_tick(text: &str) -> Result<Tick, String> {
 #[derive(Clone)]
 pub(crate) struct Room {
     hub: Hub,
+    /// Each client's inbound allowance: messages per second (0: none), burst.
+    rate: u32,
+    burst: u32,
     _ticker: Option<Arc<AbortOnDrop>>,
 }
 
@@ -174,6 +246,8 @@ impl Room {
             .map(|every| Arc::new(AbortOnDrop(tokio::spawn(tick_loop(hub.clone(), every)))));
         Room {
             hub,
+            rate: 0,
+            burst: 1,
             _ticker: ticker,
         }
     }
@@ -181,8 +255,12 @@ impl Room {
     /// The room from its flags.
     pub(crate) fn from_args(args: &RoomArgs) -> Room {
         let queue = usize::try_from(args.queue).unwrap_or(usize::MAX);
-        tracing::info!(tick = ?args.tick.0, queue, "chat room open");
-        Room::start(args.tick, queue)
+        tracing::info!(tick = ?args.tick.0, queue, rate = args.rate, burst = args.burst, "chat room open");
+        Room {
+            rate: args.rate,
+            burst: args.burst,
+            ..Room::start(args.tick, queue)
+        }
     }
 }
 
@@ -228,7 +306,8 @@ pub(crate) async fn handle(
     let id = member.id();
     tracing::info!(peer = %display_addr(peer), %path, client = id, compression = ws.compression().is_some(), "open");
     room.hub.broadcast(format!("msg:* client {id} joined"));
-    let code = session(&mut ws, &mut member, &room.hub, beat, peer).await;
+    let bucket = Bucket::new(room.rate, room.burst, tokio::time::Instant::now());
+    let code = session(&mut ws, &mut member, &room.hub, bucket, beat, peer).await;
     drop(member);
     room.hub.broadcast(format!("msg:* client {id} left"));
     // After a close frame from the peer: wait for the TCP close (bounded
@@ -241,6 +320,8 @@ enum Step {
     Beat,
     Queued(Option<Prepared>),
     Lagged,
+    /// A token of the client's inbound allowance is due.
+    Allowed,
     Io(Io),
 }
 
@@ -250,6 +331,7 @@ async fn session(
     ws: &mut WebSocket<Stream>,
     member: &mut Member,
     hub: &Hub,
+    mut bucket: Bucket,
     mut beat: watch::Receiver<u64>,
     peer: SocketAddr,
 ) -> CloseCode {
@@ -271,12 +353,25 @@ async fn session(
                 Step::Queued(member.recv().await)
             }
         };
+        // Over its allowance: stop reading the client (TCP slows it down)
+        // until a token is due, but keep writing to it.
+        let throttled = bucket.ready_at(tokio::time::Instant::now());
+        let io = async {
+            match throttled {
+                None => Step::Io(net::io(ws, backed_up).await),
+                Some(_) if ws.buffered_amount() > 0 => Step::Io(Io::Flushed(ws.flush().await)),
+                Some(at) => {
+                    tokio::time::sleep_until(at).await;
+                    Step::Allowed
+                }
+            }
+        };
         // Unbiased: neither a busy room nor a chatty client starves the
         // other direction.
         let step = tokio::select! {
             _ = beat.changed() => Step::Beat,
             step = queued => step,
-            io = net::io(ws, backed_up) => Step::Io(io),
+            step = io => step,
         };
         match step {
             Step::Beat => match live.tick(&beat, ws) {
@@ -315,7 +410,7 @@ async fn session(
                     return CloseCode::GOING_AWAY;
                 }
             }
-            Step::Io(Io::Flushed(Ok(()))) => {}
+            Step::Io(Io::Flushed(Ok(()))) | Step::Allowed => {}
             Step::Io(Io::Flushed(Err(_)) | Io::Received(None)) => return CloseCode::ABNORMAL,
             Step::Io(Io::Received(Some(Err(e)))) => {
                 tracing::debug!(peer = %display_addr(peer), error = %e, "connection failed");
@@ -323,6 +418,9 @@ async fn session(
             }
             Step::Io(Io::Received(Some(Ok(msg)))) => {
                 live.saw_life();
+                if matches!(msg, Message::Text(_) | Message::Binary(_)) {
+                    bucket.take(tokio::time::Instant::now());
+                }
                 match msg {
                     Message::Text(text) => {
                         hub.broadcast(format!("msg:{}", text.as_str()));
@@ -405,6 +503,40 @@ mod tests {
         ] {
             let err = parse_tick(bad).unwrap_err();
             assert!(err.contains(why), "{bad:?}: {err}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_bucket_allows_the_burst_then_the_rate() {
+        use tokio::time::Instant;
+        let start = Instant::now();
+        let mut b = Bucket::new(10, 3, start);
+        for _ in 0..3 {
+            assert_eq!(b.ready_at(Instant::now()), None);
+            b.take(Instant::now());
+        }
+        // Empty: the next message is due in 1/10 s.
+        assert_eq!(
+            b.ready_at(Instant::now()),
+            Some(start + Duration::from_millis(100))
+        );
+        tokio::time::advance(Duration::from_millis(99)).await;
+        assert!(b.ready_at(Instant::now()).is_some());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(b.ready_at(Instant::now()), None);
+        b.take(Instant::now());
+        // A long pause refills up to the burst, not beyond.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        for _ in 0..3 {
+            assert_eq!(b.ready_at(Instant::now()), None);
+            b.take(Instant::now());
+        }
+        assert!(b.ready_at(Instant::now()).is_some());
+        // Rate 0: unlimited.
+        let mut free = Bucket::new(0, 1, Instant::now());
+        for _ in 0..1000 {
+            assert_eq!(free.ready_at(Instant::now()), None);
+            free.take(Instant::now());
         }
     }
 
