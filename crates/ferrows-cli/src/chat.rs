@@ -321,8 +321,9 @@ impl Room {
         let retain = args
             .redis_retain
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-        // A message travels as `msg:` and the text.
-        let max_entry = max_message.saturating_add(4);
+        // A message travels as `msg:` and the text; notices (a join names
+        // the node) may be longer than a tiny --max-message-size.
+        let max_entry = max_message.saturating_add(4).max(1024);
         let joined = cluster::join(
             url,
             &args.room_name,
@@ -356,6 +357,16 @@ impl Room {
             _ticker: ticker,
             _notices: Some(Arc::new(AbortOnDrop(notices))),
         })
+    }
+
+    /// With `--redis`: waits (at most `max`) until what this server's
+    /// clients said (their leave notices at shutdown, say) has gone to Redis.
+    pub(crate) async fn drain(&self, max: Duration) {
+        let Some(c) = &self.cluster else { return };
+        let deadline = tokio::time::Instant::now() + max;
+        while c.relay.stats().outbox_depth > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Sends `text` to every client: this server's at once, and with
@@ -393,6 +404,10 @@ impl Room {
         body
     }
 }
+
+/// How long a server with `--redis` waits at exit for its last messages
+/// (the leave notices of its clients) to reach Redis.
+pub(crate) const DRAIN_AT_EXIT: Duration = Duration::from_secs(1);
 
 /// The chat server's status path.
 pub(crate) const STATUS_PATH: &str = "/status";
@@ -619,10 +634,13 @@ pub(crate) async fn serve(args: ChatArgs) -> anyhow::Result<ExitCode> {
     // The heartbeat channel also carries the shutdown to every connection.
     let (stop_tx, _) = watch::channel(false);
     let beat = args.session.heartbeat(stop_tx.subscribe());
+    let shared = room.clone();
     net::run_with_shutdown(listener, opts, stop_tx, move |hs, peer, _shutdown| {
-        handle(hs, peer, room.clone(), beat.clone())
+        handle(hs, peer, shared.clone(), beat.clone())
     })
     .await?;
+    // The other servers hear of the clients that left.
+    room.drain(DRAIN_AT_EXIT).await;
     Ok(ExitCode::SUCCESS)
 }
 

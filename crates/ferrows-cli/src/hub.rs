@@ -129,6 +129,7 @@ pub(crate) async fn serve(args: HubArgs) -> anyhow::Result<ExitCode> {
         "pages: {scheme}://{host}/ (echo console: /echo, chat: /chat, gamepad: /gamepad)"
     );
     let (stop_tx, _) = watch::channel(false);
+    let chat_room = room.clone();
     let demos = Arc::new(Demos {
         room,
         beat: heartbeat::heartbeat(
@@ -148,6 +149,8 @@ pub(crate) async fn serve(args: HubArgs) -> anyhow::Result<ExitCode> {
         e = running.failed() => Err(e),
     };
     running.finish().await;
+    // The other servers hear of the chat clients that left.
+    chat_room.drain(chat::DRAIN_AT_EXIT).await;
     served?;
     Ok(ExitCode::SUCCESS)
 }
