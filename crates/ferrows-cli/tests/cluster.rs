@@ -73,8 +73,10 @@ struct Client {
 }
 
 impl Client {
-    /// Connects to `server` and waits for its own join notice.
-    async fn join(server: &Server) -> Client {
+    /// Connects to `server` and waits for its own join notice: the first
+    /// whose id ends with `suffix` (`@<node>`; a join on another node may
+    /// arrive between this client's joining and its notice).
+    async fn join(server: &Server, suffix: &str) -> Client {
         let ws = support::connect(&server.ws_url("/")).await;
         let (mut reader, writer) = ws.split();
         let log: Log = Arc::default();
@@ -94,10 +96,10 @@ impl Client {
             writer,
             reader,
         };
-        // Its own join notice is the first it gets (the hub sends it
-        // after the member joined); ticks may come first.
+        // Earlier clients of this node were announced before it joined.
+        let own = format!("{suffix} joined");
         let first = client
-            .wait_msg(|m| m.starts_with("* client ") && m.ends_with(" joined"), 10)
+            .wait_msg(|m| m.starts_with("* client ") && m.ends_with(&own), 10)
             .await;
         client.id = first
             .strip_prefix("* client ")
@@ -200,12 +202,20 @@ fn assert_increasing(who: &str, ticks: &[(u64, Instant)]) {
 async fn three_servers_are_one_room() {
     let _one = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start();
-    let nodes = nodes(&redis, 3);
+    // Started 330 ms apart (not a multiple of the tick): nodes ticking on
+    // their own timers would send each n at least 330 ms apart.
+    let mut nodes = Vec::new();
+    for k in 1..=3 {
+        if k > 1 {
+            tokio::time::sleep(Duration::from_millis(330)).await;
+        }
+        nodes.push(node(&redis.url(), &format!("n{k}"), &[]));
+    }
     // Two clients per node, joined one after the other: n1 n2 n3 n1 n2 n3.
     let mut clients = Vec::new();
     for _ in 0..2 {
-        for node in &nodes {
-            clients.push(Client::join(node).await);
+        for (k, node) in nodes.iter().enumerate() {
+            clients.push(Client::join(node, &format!("@n{}", k + 1)).await);
         }
     }
     for (i, c) in clients.iter().enumerate() {
@@ -368,9 +378,10 @@ async fn chaos(fault: Fault) -> Chaos {
     let redis = RedisServer::start();
     let nodes = nodes(&redis, 3);
     let mut clients = Vec::new();
-    for node in &nodes {
-        clients.push(Client::join(node).await);
-        clients.push(Client::join(node).await);
+    for (k, node) in nodes.iter().enumerate() {
+        let suffix = format!("@n{}", k + 1);
+        clients.push(Client::join(node, &suffix).await);
+        clients.push(Client::join(node, &suffix).await);
     }
     // The last join has reached everyone (so every node has seen every
     // other's first entry: its baseline).
@@ -446,6 +457,26 @@ async fn chaos(fault: Fault) -> Chaos {
     for node in &nodes {
         statuses.push(status(node).await);
     }
+    eprintln!(
+        "{fault:?}: sent {} per sender; per client noticed lost {:?}; per node not_sent {:?}, lost {:?}, duplicates_dropped {:?}",
+        sent,
+        clients
+            .iter()
+            .map(|c| noticed_lost(&c.msgs()))
+            .collect::<Vec<_>>(),
+        statuses
+            .iter()
+            .map(|s| s["backplane"]["not_sent"].clone())
+            .collect::<Vec<_>>(),
+        statuses
+            .iter()
+            .map(|s| s["backplane"]["lost"].clone())
+            .collect::<Vec<_>>(),
+        statuses
+            .iter()
+            .map(|s| s["backplane"]["duplicates_dropped"].clone())
+            .collect::<Vec<_>>(),
+    );
     let run = Chaos {
         msgs: clients.iter().map(Client::msgs).collect(),
         ticks: clients.iter().map(Client::ticks).collect(),
@@ -618,7 +649,7 @@ async fn status_text(server: &Server) -> String {
 #[tokio::test]
 async fn without_redis_status_has_clients_only() {
     let server = Server::start(&["serve", "chat", "--bind", "127.0.0.1", "--port", "0"]);
-    let c = Client::join(&server).await;
+    let c = Client::join(&server, "").await;
     assert!(
         c.id.parse::<u64>().is_ok(),
         "plain ids without --redis: {}",
