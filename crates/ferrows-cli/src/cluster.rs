@@ -21,6 +21,13 @@ use tokio::time::Instant;
 /// How long the server waits for Redis at startup before it gives up.
 pub(crate) const START_WAIT: Duration = Duration::from_secs(10);
 
+/// An outage shorter than this is not told to clients (it is logged): a
+/// publisher finding its idle connection broken after a Redis restart
+/// reconnects within ~100 ms, and nothing is lost meanwhile (held and
+/// retried). Shorter than any real Redis restart with the relay's backoff
+/// (its first attempts come 0.1, 0.3 and 0.7 s after the failure).
+pub(crate) const DOWN_NOTICE_AFTER: Duration = Duration::from_millis(750);
+
 /// Loss notices are sent at most this often (the counts are summed).
 const LOST_NOTICE_EVERY: Duration = Duration::from_secs(5);
 
@@ -223,7 +230,8 @@ impl Cluster {
             serde_json::json!({
                 "epoch_ms": c.epoch_ms,
                 "period_ms": u64::try_from(c.period.as_millis()).unwrap_or(u64::MAX),
-                "rtt_ms": c.rtt.as_secs_f64() * 1000.0,
+                // Microsecond precision.
+                "rtt_ms": c.rtt.as_micros() as f64 / 1000.0,
                 "redis_reachable": c.redis_reachable,
             })
         });
@@ -275,8 +283,9 @@ pub(crate) async fn tick_loop(hub: Hub, mut clock: RoomClock, status: watch::Sen
     }
 }
 
-/// Turns the relay's events into notices to this server's clients:
-/// `Down` and `Up` at once, losses summed and at most one notice every
+/// Turns the relay's events into notices to this server's clients: `Down`
+/// once it has lasted [`DOWN_NOTICE_AFTER`], then `Up` (a shorter blip is
+/// not told), losses summed and at most one notice every
 /// [`LOST_NOTICE_EVERY`]. Logs the counters every minute when they changed.
 pub(crate) async fn notices(cluster: Arc<Cluster>, mut events: RelayEvents) {
     let relay = &cluster.relay;
@@ -286,11 +295,20 @@ pub(crate) async fn notices(cluster: Arc<Cluster>, mut events: RelayEvents) {
     let mut reported_lost = relay.stats().lost;
     let mut last_lost_notice: Option<Instant> = None;
     let mut flush_at: Option<Instant> = None;
+    // A Down not told yet (when it will be), and whether one was told.
+    let mut down_at: Option<Instant> = None;
+    let mut down_told = false;
     let mut summary = tokio::time::interval_at(Instant::now() + SUMMARY_EVERY, SUMMARY_EVERY);
     let mut last_summary = None;
     loop {
         let event = tokio::select! {
             event = events.next() => event,
+            () = sleep_until_some(down_at) => {
+                down_at = None;
+                down_told = true;
+                hub.broadcast(NOTICE_DOWN);
+                continue;
+            }
             () = sleep_until_some(flush_at) => {
                 flush_at = None;
                 let lost = relay.stats().lost;
@@ -327,10 +345,21 @@ pub(crate) async fn notices(cluster: Arc<Cluster>, mut events: RelayEvents) {
                 return;
             }
             Some(RelayEvent::Down { .. }) => {
-                hub.broadcast(NOTICE_DOWN);
+                if !down_told && down_at.is_none() {
+                    down_at = Some(Instant::now() + DOWN_NOTICE_AFTER);
+                }
             }
             Some(RelayEvent::Up { .. }) => {
-                hub.broadcast(NOTICE_UP);
+                // Due but not yet told (this task ran late): told now.
+                if down_at.is_some_and(|at| Instant::now() >= at) {
+                    hub.broadcast(NOTICE_DOWN);
+                    down_told = true;
+                }
+                if std::mem::take(&mut down_told) {
+                    hub.broadcast(NOTICE_UP);
+                }
+                // A blip that ended before it was told stays untold.
+                down_at = None;
             }
             Some(RelayEvent::NotSent { count }) => {
                 tracing::warn!(node = %cluster.node, "{count} messages could not be sent to the other servers (they reached this server's clients)");
@@ -355,7 +384,95 @@ async fn sleep_until_some(at: Option<Instant>) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use ferrows::backplane::memory::Bus;
+
+    /// A node on `bus` whose relay events become notices, and a member of
+    /// its hub that records them.
+    fn node(bus: &Bus, name: &str) -> (Arc<Cluster>, ferrows::Member, tokio::task::JoinHandle<()>) {
+        let hub = Hub::new(1024);
+        let member = hub.join();
+        let relay = Relay::start(hub, bus.connect(), RelayConfig::default().name(name));
+        let events = relay.events();
+        let cluster = Arc::new(Cluster {
+            relay,
+            room: "chat".to_owned(),
+            node: name.to_owned(),
+            server: "memory".to_owned(),
+            clock: None,
+            stopped: Arc::default(),
+        });
+        let task = tokio::spawn(notices(cluster.clone(), events));
+        (cluster, member, task)
+    }
+
+    /// The notices (`msg:* …`) a member got so far.
+    fn notices_of(member: &mut ferrows::Member) -> Vec<String> {
+        let mut got = Vec::new();
+        while let Some(p) = member.try_recv() {
+            let text = p.message().as_text().unwrap_or_default().to_owned();
+            if text.starts_with("msg:* ") {
+                got.push(text);
+            }
+        }
+        got
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_is_told_once_and_its_end_too() {
+        let bus = Bus::new();
+        let (_c, mut member, _t) = node(&bus, "a");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        bus.take_down();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(notices_of(&mut member), [NOTICE_DOWN]);
+        bus.bring_up();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(notices_of(&mut member), [NOTICE_UP]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blip_that_loses_nothing_is_not_told() {
+        // A busy room: reads return at once (not after an idle second).
+        let bus = Bus::new().idle_reply(Duration::from_millis(50));
+        let (c, mut member, _t) = node(&bus, "a");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Broken connections, reconnected after ~100 ms.
+        bus.kill_connections();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(c.relay.stats().reconnects >= 1);
+        assert_eq!(notices_of(&mut member), Vec::<String>::new());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn losses_are_summed_into_one_notice_per_5_s() {
+        let bus = Bus::new();
+        let (_a, _am, _at) = node(&bus, "a");
+        let (b, mut member, _bt) = node(&bus, "b");
+        let (sender, _sm, _st) = node(&bus, "sender");
+        let settle = Duration::from_millis(1500);
+        // The baseline, then 3 lost, then 4 lost within 5 s: one notice
+        // of 3 at once, one of 4 when 5 s have passed.
+        sender.relay.broadcast("first");
+        tokio::time::sleep(settle).await;
+        bus.drop_next(3);
+        for _ in 0..4 {
+            sender.relay.broadcast("x");
+        }
+        tokio::time::sleep(settle).await;
+        let lost = |n: u64| format!("msg:* {n} messages from other servers were lost");
+        assert_eq!(notices_of(&mut member), [lost(3)]);
+        bus.drop_next(4);
+        for _ in 0..5 {
+            sender.relay.broadcast("y");
+        }
+        tokio::time::sleep(settle).await;
+        assert_eq!(notices_of(&mut member), Vec::<String>::new());
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(notices_of(&mut member), [lost(4)]);
+        assert_eq!(b.relay.stats().lost, 7);
+    }
 
     #[test]
     fn passwords_are_found_and_scrubbed() {
