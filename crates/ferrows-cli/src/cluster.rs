@@ -181,7 +181,7 @@ pub(crate) async fn join(
                 .await
                 .map_err(|e| match e {
                     ClockError::Mismatch { .. } => refuse(2, e.to_string()),
-                    _ => refuse(1, format!("cannot use Redis at {server}: {e}")),
+                    _ => refuse(1, e.to_string()),
                 })?;
             let (tx, _) = watch::channel(clock.status());
             Some((clock, tx))
@@ -190,7 +190,7 @@ pub(crate) async fn join(
     };
     let backplane = RedisBackplane::connect(url.secret(), options)
         .await
-        .map_err(|e| refuse(1, format!("cannot use Redis at {server}: {e}")))?;
+        .map_err(|e| refuse(1, e.to_string()))?;
     let relay = Relay::start(hub, backplane, RelayConfig::default().name(node.clone()));
     // Subscribed before anything can happen.
     let events = relay.events();
