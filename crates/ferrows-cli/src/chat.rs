@@ -108,11 +108,12 @@ pub(crate) struct RoomArgs {
     #[arg(long, value_name = "MESSAGES", default_value_t = 200,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub(crate) burst: u32,
-    /// Share the room with every server given the same Redis (or Valkey) and
-    /// --room: redis://[user:password@]host[:port][/db]. Prefer the
-    /// environment variable for a password (arguments show in `ps`)
+    /// The Redis (or Valkey) that shares the room with other servers.
     #[arg(long, value_name = "URL", env = "FERROWS_REDIS_URL", hide_env_values = true,
-          value_parser = cluster::parse_redis_url)]
+          value_parser = cluster::parse_redis_url,
+          help = "Share the room with every server given the same Redis (or Valkey) and --room: \
+                  redis://[user:password@]host[:port][/db]. Prefer the environment variable for \
+                  a password (arguments show in `ps`)")]
     pub(crate) redis: Option<RedisUrl>,
     /// With --redis: which room to share (the Redis keys' prefix; A-Z a-z 0-9 . _ -, at most 64)
     #[arg(
@@ -122,12 +123,19 @@ pub(crate) struct RoomArgs {
         default_value = "chat"
     )]
     pub(crate) room_name: String,
-    /// With --redis: this server's name in logs and join notices [default: <hostname>:<port>]
-    #[arg(long, value_name = "NAME", env = "FERROWS_NODE_NAME")]
+    /// This server's name in logs and join notices.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "FERROWS_NODE_NAME",
+        help = "With --redis: this server's name in logs and join notices \
+                  [default: <hostname>:<port>]"
+    )]
     pub(crate) node_name: Option<String>,
-    /// With --redis: messages kept in the Redis stream for servers that
-    /// reconnect [default: from --max-message-size, 100 to 10000]
+    /// Messages kept in the Redis stream.
     #[arg(long, value_name = "N", requires = "redis",
+          help = "With --redis: messages kept in the Redis stream for servers that reconnect \
+                  [default: from --max-message-size, 100 to 10000]",
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub(crate) redis_retain: Option<u64>,
 }
