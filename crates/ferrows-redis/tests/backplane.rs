@@ -171,6 +171,12 @@ async fn round_trip_of_a_burst_keeps_order_both_ways() {
         matches!(ttl, redis::Value::Int(t) if t > 86_000_000),
         "{ttl:?}"
     );
+    // Idle: the blocking read returns empty once a second and is not cut
+    // by a response timeout (redis-rs' default of 500 ms would).
+    sleep(Duration::from_millis(2500)).await;
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!((sa.reconnects, sb.reconnects), (0, 0), "{sa:?} {sb:?}");
+    assert_eq!(sb.state, BackplaneState::Up);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
