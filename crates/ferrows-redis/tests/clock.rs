@@ -141,6 +141,15 @@ async fn a_lost_record_is_recreated_with_the_same_epoch() {
     let back = wait_record(&redis, |r| r.is_some()).await;
     assert_eq!(back.as_deref(), Some(original.as_str()));
     assert_eq!(format!("v1 {} 100", clock.status().epoch_ms), original);
+    // Dropped, the clock refreshes nothing any more.
+    drop(clock);
+    redis.cmd(&[b"DEL", KEY.as_bytes()]).await.unwrap();
+    sleep(Duration::from_secs(12)).await;
+    assert_eq!(
+        record(&redis).await,
+        None,
+        "a dropped clock's task still runs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
