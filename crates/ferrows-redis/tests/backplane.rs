@@ -285,6 +285,7 @@ async fn redis_frozen_is_detected_and_accounted() {
         }
     }); // 3.5 s frozen
     redis.cont();
+    eprintln!("freeze detected after {:?}: {}", detected.0, detected.1);
     assert!(
         detected.0 < Duration::from_millis(3600),
         "detected after {detected:?}"

@@ -189,10 +189,13 @@ async fn the_offset_matches_redis_time_within_half_the_round_trip() {
     // Scheduling noise on a loaded 2-core machine.
     let margin = half_rtt + Duration::from_millis(3);
     let mut worst = Duration::ZERO;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     for _ in 0..5 {
         let before = clock.redis_time();
-        let truth = Duration::from_micros(redis_time_us(&redis).await);
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
         let after = clock.redis_time();
+        let truth = Duration::from_micros(secs * 1_000_000 + micros);
         // Redis answered between `before` and `after` (on our estimate).
         assert!(
             truth + margin >= before,
@@ -202,12 +205,13 @@ async fn the_offset_matches_redis_time_within_half_the_round_trip() {
             truth <= after + margin,
             "Redis {truth:?} > estimate {after:?} + {margin:?}"
         );
-        worst = worst
-            .max(before.saturating_sub(truth))
-            .max(truth.saturating_sub(after));
+        // Against the middle of the window (the test's own sample is a
+        // Cristian sample too).
+        let mid = (before + after) / 2;
+        worst = worst.max(mid.max(truth) - mid.min(truth));
         sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("offset error ≤ {worst:?} (half RTT {half_rtt:?})");
+    eprintln!("|estimate - Redis TIME| ≤ {worst:?} (clock half RTT {half_rtt:?})");
 }
 
 /// Ticks `clock` `count` times: (n, when).
@@ -221,6 +225,7 @@ async fn ticks(clock: &mut RoomClock, count: usize) -> Vec<(u64, Instant)> {
 }
 
 fn assert_together(a: &[(u64, Instant)], b: &[(u64, Instant)]) {
+    let mut worst = Duration::ZERO;
     for (x, y) in a.iter().zip(b) {
         assert_eq!(x.0, y.0, "the clocks disagree on n");
         let skew = if x.1 > y.1 { x.1 - y.1 } else { y.1 - x.1 };
@@ -229,12 +234,18 @@ fn assert_together(a: &[(u64, Instant)], b: &[(u64, Instant)]) {
             "tick {} skew {skew:?}",
             x.0
         );
+        worst = worst.max(skew);
     }
+    eprintln!(
+        "ticks {}..={}: worst skew {worst:?}",
+        a[0].0,
+        a[a.len() - 1].0
+    );
     for w in a.windows(2) {
         assert_eq!(w[1].0, w[0].0 + 1, "not consecutive");
         let gap = w[1].1 - w[0].1;
         assert!(
-            gap > Duration::from_millis(60) && gap < Duration::from_millis(140),
+            gap > Duration::from_millis(100) && gap < Duration::from_millis(300),
             "tick {} came {gap:?} after the last",
             w[1].0
         );
@@ -244,9 +255,9 @@ fn assert_together(a: &[(u64, Instant)], b: &[(u64, Instant)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clocks_tick_together_and_through_a_redis_kill() {
     let mut redis = RedisServer::start();
-    let mut one = join(&redis, 100).await.unwrap();
-    sleep(Duration::from_millis(130)).await;
-    let mut two = join(&redis, 100).await.unwrap();
+    let mut one = join(&redis, 200).await.unwrap();
+    sleep(Duration::from_millis(250)).await;
+    let mut two = join(&redis, 200).await.unwrap();
     let epoch = one.status().epoch_ms;
     assert_eq!(two.status().epoch_ms, epoch);
 
@@ -256,7 +267,7 @@ async fn two_clocks_tick_together_and_through_a_redis_kill() {
     let now_ms = redis_time_us(&redis).await / 1000;
     let n = a.last().unwrap().0;
     assert!(
-        now_ms >= epoch + n * 100 && now_ms < epoch + (n + 2) * 100,
+        now_ms >= epoch + n * 200 && now_ms < epoch + (n + 2) * 200,
         "n {n} at {now_ms}"
     );
 
@@ -267,11 +278,11 @@ async fn two_clocks_tick_together_and_through_a_redis_kill() {
 
     // A late caller skips the missed boundaries: never a burst, never a repeat.
     let last = a2.last().unwrap().0;
-    sleep(Duration::from_millis(350)).await;
+    sleep(Duration::from_millis(700)).await;
     let started = Instant::now();
     let late = one.next_tick().await;
     assert!(
-        started.elapsed() < Duration::from_millis(20),
+        started.elapsed() < Duration::from_millis(50),
         "a late caller waited"
     );
     assert!(late >= last + 3, "{last} → {late}");
