@@ -36,8 +36,16 @@ pub(crate) struct Failure {
 impl Target {
     pub(crate) fn open(url: &str) -> Result<Target, Error> {
         let server = redact(url);
-        let client =
-            Client::open(url).map_err(|e| Error::Url(format!("{server}: {}", e.kind_text())))?;
+        let client = Client::open(url).map_err(|e| {
+            // Something without a scheme is not shown at all: it may be
+            // a password passed by mistake.
+            let shown = if url.contains("://") {
+                server.as_str()
+            } else {
+                "(not a redis:// URL)"
+            };
+            Error::Url(format!("{shown}: {}", e.kind_text()))
+        })?;
         let mut secrets = Vec::new();
         if let Some(p) = client.get_connection_info().redis_settings().password() {
             secrets.push(p.to_owned());
@@ -203,5 +211,30 @@ impl KindText for RedisError {
             Some(d) if !d.contains('@') => format!("{:?}: {d}", self.kind()),
             _ => format!("{:?}", self.kind()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_urls_are_errors_without_the_password() {
+        for url in [
+            "rediss://u:pw-secret-1@h:1/",
+            "http://u:pw-secret-1@h:1/",
+            "redis://u:pw-secret-1@[::1/",
+            "not a url pw-secret-1",
+        ] {
+            match Target::open(url) {
+                Err(Error::Url(text)) => assert!(!text.contains("pw-secret-1"), "{text}"),
+                Err(other) => panic!("{url}: {other:?}"),
+                Ok(_) => panic!("{url} opened"),
+            }
+        }
+        let t =
+            Target::open("redis://u:pw%2Fsecret@127.0.0.1:1/").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.server(), "redis://u:***@127.0.0.1:1/");
+        assert_eq!(t.scrub("a pw/secret b pw%2Fsecret".into()), "a *** b ***");
     }
 }
