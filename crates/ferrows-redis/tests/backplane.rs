@@ -204,6 +204,9 @@ async fn redis_killed_and_restarted_inside_the_hold_loses_nothing() {
     let b = Node::plain(&redis).await;
     let mut events = a.relay.events();
     send(&a, 0, 200, 200).await;
+    // What Redis acknowledged and then lost with it before b read it would
+    // be lost for real (counted, not re-sent): wait until b has it all.
+    b.wait_for("199", Duration::from_secs(10)).await;
     redis.kill();
     send(&a, 200, 300, 200).await; // 0.5 s down
     redis.restart();
