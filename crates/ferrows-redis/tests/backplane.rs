@@ -535,3 +535,42 @@ async fn a_wrong_or_missing_password_is_a_clear_error_without_the_password() {
     );
     assert!(!format!("{backplane:?}").contains("right-pass"));
 }
+
+/// The least-privilege user of the README is enough for everything: the
+/// backplane (publish, read, resume) and the room clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_acl_is_enough() {
+    let redis = RedisServer::start();
+    let acl = "ferrows on >acl-pw ~ferrows:* +xadd +xread +xrevrange +xinfo|stream +pexpire +set +get +time +ping +client|setname";
+    let mut args: Vec<&[u8]> = vec![b"ACL", b"SETUSER"];
+    args.extend(acl.split(' ').map(str::as_bytes));
+    redis.cmd(&args).await.unwrap();
+    let url = format!("redis://ferrows:acl-pw@127.0.0.1:{}/", redis.port());
+    let a = Node::start(&url, RedisOptions::new(ROOM).unwrap()).await;
+    let b = Node::start(&url, RedisOptions::new(ROOM).unwrap()).await;
+    send(&a, 0, 20, 200).await;
+    b.wait_for("19", Duration::from_secs(10)).await;
+    assert!(redis.client_kill(&format!("ferrows-read.{ROOM}")).await >= 2);
+    let sent = finish(&a, &b, 20).await;
+    let sb = b.stats();
+    check(&b.got(), sent, &sb);
+    assert!(sb.resumes >= 1 && sb.lost == 0, "{sb:?}");
+    let clock =
+        ferrows_redis::RoomClock::join(&url, ROOM, Duration::from_secs(1), Duration::from_secs(2))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert!(clock.status().redis_reachable);
+    // Without a permission it needs, the error says so (and not the password).
+    redis
+        .cmd(&[b"ACL", b"SETUSER", b"ferrows", b"-client|setname"])
+        .await
+        .unwrap();
+    let err = RedisBackplane::connect(&url, RedisOptions::new(ROOM).unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("permission denied") && !err.contains("acl-pw"),
+        "{err}"
+    );
+}
