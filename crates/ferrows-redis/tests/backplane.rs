@@ -237,6 +237,10 @@ async fn redis_down_beyond_the_hold_loses_exactly_what_was_not_sent() {
     let sent = finish(&a, &b, 1200).await;
     let (sa, sb) = (a.stats(), b.stats());
     check(&b.got(), sent, &sb);
+    eprintln!(
+        "4 s outage: sent {sent}, not_sent {}, lost {}, retried {}, duplicates dropped {}",
+        sa.not_sent, sb.lost, sa.retried, sb.duplicates_dropped
+    );
     assert!(sa.not_sent > 0, "{sa:?}");
     assert_eq!(
         sb.lost, sa.not_sent,
@@ -405,6 +409,10 @@ async fn entries_trimmed_under_a_slow_reader_are_counted_lost() {
     let (sa, sb) = (a.stats(), b.stats());
     check(&b.got(), sent, &sb);
     assert_eq!(sa.not_sent, 0, "{sa:?}");
+    eprintln!(
+        "trimmed: sent {sent}, received {}, lost {}",
+        sb.received, sb.lost
+    );
     assert!(sb.lost >= 200, "trimmed entries not counted: {sb:?}");
 }
 

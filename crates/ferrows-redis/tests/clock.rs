@@ -288,6 +288,27 @@ async fn two_clocks_tick_together_and_through_a_redis_kill() {
     assert!(late >= last + 3, "{last} → {late}");
     let next = one.next_tick().await;
     assert_eq!(next, late + 1);
+
+    // The status tells; a restarted (empty) Redis gets the record back,
+    // with the same epoch, and the clocks still agree.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while one.status().redis_reachable || two.status().redis_reachable {
+        assert!(Instant::now() < deadline, "still reachable after a kill");
+        sleep(Duration::from_millis(100)).await;
+    }
+    redis.restart();
+    let want = format!("v1 {epoch} 200");
+    wait_record(&redis, |r| r == Some(want.as_str())).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(one.status().redis_reachable && two.status().redis_reachable) {
+        assert!(Instant::now() < deadline, "not reachable again");
+        sleep(Duration::from_millis(100)).await;
+    }
+    // Late callers: the first call returns the current n at once.
+    let (x, y) = tokio::join!(one.next_tick(), two.next_tick());
+    assert!(x > next && y > next);
+    let (a3, b3) = tokio::join!(ticks(&mut one, 5), ticks(&mut two, 5));
+    assert_together(&a3, &b3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
