@@ -16,6 +16,8 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 /// The longest a single connect attempt may take.
 const ATTEMPT_MAX: Duration = Duration::from_secs(2);
+/// The most characters of a Redis error kept in a transport error.
+const MAX_ERROR_CHARS: usize = 240;
 
 /// A Redis server: the client, its redacted name, and the secrets to scrub
 /// from any error text.
@@ -95,7 +97,12 @@ impl Target {
         let text = if e.is_timeout() {
             "no reply in time".to_owned()
         } else {
-            e.to_string()
+            // A pipeline's error lists every failed command: keep the start.
+            let full = e.to_string();
+            match full.char_indices().nth(MAX_ERROR_CHARS) {
+                Some((cut, _)) => format!("{}…", full.get(..cut).unwrap_or("")),
+                None => full,
+            }
         };
         TransportError::new(
             kind,

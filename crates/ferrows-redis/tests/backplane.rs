@@ -582,3 +582,48 @@ async fn the_documented_acl_is_enough() {
         "{err}"
     );
 }
+
+/// The room's key taken by something that is not a stream: a clear error
+/// at connect; once running, the relay goes down with a short reason
+/// (a pipeline of 256 failed XADDs lists 256 errors) and comes back when
+/// the key is a stream again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_key_of_another_type_is_an_error_not_a_wedge() {
+    let redis = RedisServer::start();
+    redis
+        .cmd(&[b"SET", KEY.as_bytes(), b"not a stream"])
+        .await
+        .unwrap();
+    let err = RedisBackplane::connect(&redis.url(), RedisOptions::new(ROOM).unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("WRONGTYPE"), "{err}");
+    redis.cmd(&[b"DEL", KEY.as_bytes()]).await.unwrap();
+
+    let a = Node::plain(&redis).await;
+    let b = Node::plain(&redis).await;
+    let mut events = a.relay.events();
+    redis
+        .cmd(&[b"SET", KEY.as_bytes(), b"not a stream"])
+        .await
+        .unwrap();
+    for i in 0..300 {
+        a.relay.broadcast(i.to_string());
+    }
+    let reason = loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.next()).await {
+            Ok(Some(RelayEvent::Down { reason })) => break reason,
+            Ok(Some(_)) => {}
+            other => panic!("a never went down: {other:?}"),
+        }
+    };
+    assert!(reason.contains("WRONGTYPE"), "{reason}");
+    assert!(reason.len() < 400, "{} bytes: {reason}", reason.len());
+    redis.cmd(&[b"DEL", KEY.as_bytes()]).await.unwrap();
+    let sent = finish(&a, &b, 300).await;
+    let (sa, sb) = (a.stats(), b.stats());
+    check(&b.got(), sent, &sb);
+    assert_eq!(sa.not_sent, sb.lost, "{sa:?} {sb:?}");
+    assert!(sa.retried > 0, "{sa:?}");
+}
