@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ferrows::backplane::{TransportError, TransportErrorKind};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError};
 use tokio::time::Instant;
 
 use crate::{Error, redact};
@@ -38,16 +38,25 @@ pub(crate) struct Failure {
 impl Target {
     pub(crate) fn open(url: &str) -> Result<Target, Error> {
         let server = redact(url);
-        let client = Client::open(url).map_err(|e| {
-            // Something without a scheme is not shown at all: it may be
-            // a password passed by mistake.
-            let shown = if url.contains("://") {
-                server.as_str()
-            } else {
-                "(not a redis:// URL)"
-            };
-            Error::Url(format!("{shown}: {}", e.kind_text()))
-        })?;
+        // Nagle's algorithm on a pipelining client delays small commands
+        // behind unacknowledged ones (redis-rs leaves it on).
+        let client = url
+            .into_connection_info()
+            .map(|info| {
+                let tcp = info.tcp_settings().clone().set_nodelay(true);
+                info.set_tcp_settings(tcp)
+            })
+            .and_then(Client::open)
+            .map_err(|e| {
+                // Something without a scheme is not shown at all: it may be
+                // a password passed by mistake.
+                let shown = if url.contains("://") {
+                    server.as_str()
+                } else {
+                    "(not a redis:// URL)"
+                };
+                Error::Url(format!("{shown}: {}", e.kind_text()))
+            })?;
         let mut secrets = Vec::new();
         if let Some(p) = client.get_connection_info().redis_settings().password() {
             secrets.push(p.to_owned());
