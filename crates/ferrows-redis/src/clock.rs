@@ -429,6 +429,17 @@ async fn refresh(
 mod tests {
     use super::*;
 
+    /// The CLI spawns the ticking loop: the clock and its future are `Send`.
+    #[test]
+    fn clock_is_send() {
+        fn is_send<T: Send>(_: &T) {}
+        fn check(clock: &mut RoomClock) {
+            is_send(clock);
+            is_send(&clock.next_tick());
+        }
+        let _ = check;
+    }
+
     #[test]
     fn records() {
         assert_eq!(parse_record("v1 10 1000"), Some((10, 1000)));

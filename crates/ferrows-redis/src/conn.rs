@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ferrows::backplane::{TransportError, TransportErrorKind};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError};
 use tokio::time::Instant;
 
 use crate::{Error, redact};
@@ -16,6 +16,8 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 /// The longest a single connect attempt may take.
 const ATTEMPT_MAX: Duration = Duration::from_secs(2);
+/// The most characters of a Redis error kept in a transport error.
+const MAX_ERROR_CHARS: usize = 240;
 
 /// A Redis server: the client, its redacted name, and the secrets to scrub
 /// from any error text.
@@ -36,8 +38,25 @@ pub(crate) struct Failure {
 impl Target {
     pub(crate) fn open(url: &str) -> Result<Target, Error> {
         let server = redact(url);
-        let client =
-            Client::open(url).map_err(|e| Error::Url(format!("{server}: {}", e.kind_text())))?;
+        // Nagle's algorithm on a pipelining client delays small commands
+        // behind unacknowledged ones (redis-rs leaves it on).
+        let client = url
+            .into_connection_info()
+            .map(|info| {
+                let tcp = info.tcp_settings().clone().set_nodelay(true);
+                info.set_tcp_settings(tcp)
+            })
+            .and_then(Client::open)
+            .map_err(|e| {
+                // Something without a scheme is not shown at all: it may be
+                // a password passed by mistake.
+                let shown = if url.contains("://") {
+                    server.as_str()
+                } else {
+                    "(not a redis:// URL)"
+                };
+                Error::Url(format!("{shown}: {}", e.kind_text()))
+            })?;
         let mut secrets = Vec::new();
         if let Some(p) = client.get_connection_info().redis_settings().password() {
             secrets.push(p.to_owned());
@@ -87,7 +106,12 @@ impl Target {
         let text = if e.is_timeout() {
             "no reply in time".to_owned()
         } else {
-            e.to_string()
+            // A pipeline's error lists every failed command: keep the start.
+            let full = e.to_string();
+            match full.char_indices().nth(MAX_ERROR_CHARS) {
+                Some((cut, _)) => format!("{}…", full.get(..cut).unwrap_or("")),
+                None => full,
+            }
         };
         TransportError::new(
             kind,
@@ -203,5 +227,30 @@ impl KindText for RedisError {
             Some(d) if !d.contains('@') => format!("{:?}: {d}", self.kind()),
             _ => format!("{:?}", self.kind()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_urls_are_errors_without_the_password() {
+        for url in [
+            "rediss://u:pw-secret-1@h:1/",
+            "http://u:pw-secret-1@h:1/",
+            "redis://u:pw-secret-1@[::1/",
+            "not a url pw-secret-1",
+        ] {
+            match Target::open(url) {
+                Err(Error::Url(text)) => assert!(!text.contains("pw-secret-1"), "{text}"),
+                Err(other) => panic!("{url}: {other:?}"),
+                Ok(_) => panic!("{url} opened"),
+            }
+        }
+        let t =
+            Target::open("redis://u:pw%2Fsecret@127.0.0.1:1/").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.server(), "redis://u:***@127.0.0.1:1/");
+        assert_eq!(t.scrub("a pw/secret b pw%2Fsecret".into()), "a *** b ***");
     }
 }
