@@ -455,27 +455,53 @@ async fn a_panicking_handler_closes_its_client_with_1011_only() {
     shut_down(stop, task, &mut [good]).await;
 }
 
+/// The status line a raw upgrade request to `url`'s address is answered
+/// with.
+async fn upgrade_status_line(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = within("connect", TcpStream::connect(addr)).await.unwrap();
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        let n = within("response", tcp.read(&mut buf)).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
 #[tokio::test]
-async fn the_client_limit_holds_new_connections_until_one_leaves() {
+async fn past_the_client_limit_an_upgrade_gets_503_until_one_leaves() {
     let server = Server::bind("127.0.0.1:0").await.unwrap().max_clients(1);
+    let addr = server.local_addr();
     let (server, mut seen) = recording(server);
-    let (_handle, url, stop, task) = run(server);
+    let (handle, url, stop, task) = run(server);
     let mut first = connect(&url).await;
     assert!(matches!(next(&mut seen).await, Seen::Connect(1, ..)));
-    // Not accepted while the first is connected: the handshake times out.
-    let refused = ClientBuilder::new(url.clone())
-        .config(Config::default().handshake_timeout(Duration::from_millis(300)))
-        .connect()
-        .await;
-    assert!(
-        matches!(refused, Err(ferrows::Error::HandshakeTimeout)),
-        "{refused:?}"
-    );
+    // Refused at once while the first is connected.
+    let refused = upgrade_status_line(addr).await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused:?}");
+    assert_eq!(handle.client_count(), 1);
     first.close(CloseCode::NORMAL, "").await.unwrap();
     assert_eq!(next(&mut seen).await, Seen::Disconnect(1));
-    // The timed-out attempt is taken from the backlog and fails; then
-    // this one gets the slot.
-    let mut second = connect(&url).await;
+    // The place is free once the first connection's task has ended.
+    let mut second = within("a free place", async {
+        loop {
+            match ClientBuilder::new(url.clone()).connect().await {
+                Ok((ws, _)) => break ws,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
     second.send("hi").await.unwrap();
     loop {
         match next(&mut seen).await {
