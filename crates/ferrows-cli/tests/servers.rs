@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use ferrows::{ClientBuilder, Fragment, Message, OpCode};
 use support::{
     Server, TempDir, close_code, connect, http, next_data, parse_frames, raw_upgrade, run_to_exit,
-    self_signed, until_close, upgrade_status, within, write_file,
+    self_signed, until_close, upgrade_status, within,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
