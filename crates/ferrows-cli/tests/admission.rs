@@ -9,7 +9,9 @@
 //!   so silent sockets cannot lock WebSocket clients out (before: 20 silent
 //!   sockets under a cap of 20 got every client a 503 for 10 s);
 //! * one deadline runs from accept through TLS to the end of the request
-//!   head (before: 10 s for TLS, then another 10 s for the head).
+//!   head (before: 10 s for TLS, then another 10 s for the head);
+//! * `--max-pending-handshakes` and `--max-pending-per-ip` bound the
+//!   pending pool (the oldest is dropped) and each address.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[allow(dead_code)]
@@ -155,4 +157,71 @@ async fn one_deadline_from_accept_through_tls_to_the_request_head() {
         "closed after {closed_after:?}: not one 10 s deadline from accept; log:\n{}",
         server.log()
     );
+}
+
+/// Whether the server closes `tcp` within `secs`.
+async fn closed_within(tcp: &mut tokio::net::TcpStream, secs: u64) -> bool {
+    let mut buf = [0u8; 64];
+    let read = async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(secs), read)
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn the_pending_handshake_flags_bound_the_pool_and_each_address() {
+    let server = Server::start(&[
+        "serve",
+        "--port",
+        "0",
+        "--max-pending-handshakes",
+        "4",
+        "--max-pending-per-ip",
+        "3",
+    ]);
+    // 127.0.0.1: three pending at most.
+    let mut v4 = Vec::new();
+    for _ in 0..4 {
+        v4.push(
+            within(5, tokio::net::TcpStream::connect(server.addr))
+                .await
+                .unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        closed_within(&mut v4[3], 5).await,
+        "a 4th pending connection from one address was kept"
+    );
+    server
+        .wait_log(
+            &["too many pending handshakes from this address", "127.0.0.1"],
+            Duration::from_secs(5),
+        )
+        .await;
+    // Another address (::1, dual-stack `::`) fills the pool to 4 and then
+    // pushes out the oldest, the first from 127.0.0.1.
+    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, server.port()));
+    let _a = within(5, tokio::net::TcpStream::connect(v6)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _b = within(5, tokio::net::TcpStream::connect(v6)).await.unwrap();
+    assert!(
+        closed_within(&mut v4[0], 5).await,
+        "the oldest pending connection was not dropped"
+    );
+    assert!(!closed_within(&mut v4[1], 1).await);
+    server
+        .wait_log(&["pending handshake pool full"], Duration::from_secs(5))
+        .await;
+    // A WebSocket client still gets through: 127.0.0.1 has two pending,
+    // under its bound of 3 (and the full pool makes room by the oldest).
+    let (head, _ws, _) = within(5, raw_upgrade(server.addr, "/echo", "")).await;
+    assert_eq!(head.status, 101);
 }
