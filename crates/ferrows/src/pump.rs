@@ -25,7 +25,8 @@
 //!             let _ = ws.close(frame.code, frame.reason()).await;
 //!             return;
 //!         }
-//!         PumpEvent::Ended(_) => return,
+//!         // `Ended`, and any kind a later version adds.
+//!         _ => return,
 //!     }
 //! }
 //! # }
