@@ -394,6 +394,7 @@ impl Server {
         });
         tracing::info!(addr = %handle.inner.local_addr, "serving");
         let stop = token.clone();
+        let relay = handle.inner.relay.get().cloned();
         let shutdown = async move {
             tokio::select! {
                 () = shutdown => {}
@@ -409,6 +410,10 @@ impl Server {
             })
             .await;
         token.cancel();
+        // A stopped server publishes nothing more.
+        if let Some(relay) = relay {
+            relay.shutdown();
+        }
         served
     }
 }
