@@ -125,9 +125,21 @@ struct CommonArgs {
     /// Accept WebSocket connections only from these Origins (repeatable); others get 403.
     #[arg(long = "origin", value_name = "ORIGIN")]
     origins: Vec<String>,
-    /// Refuse WebSocket upgrades with 503 beyond this many connections.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    max_connections: usize,
+    /// Refuse WebSocket upgrades with 503 beyond this many connections
+    /// (each counted from its upgrade to its end; pages are still served).
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// At most this many connections still in their handshake (TLS or
+    /// request head not complete); past it the oldest is dropped.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_pending_handshakes: u64,
+    /// At most this many of those from one address (IPv6 by /64); more
+    /// are closed at once.
+    #[arg(long, value_name = "N", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_pending_per_ip: u64,
     /// Print every connection's opening handshake and frames (both
     /// directions, prefixed with the peer's address) to stderr.
     #[arg(long)]
@@ -234,10 +246,13 @@ fn net_options(common: &CommonArgs, config: Config) -> anyhow::Result<NetOptions
         (Some(cert), Some(key)) => Some(ferrows::tls::server_config_from_files(cert, key)?),
         _ => None,
     };
+    let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     Ok(NetOptions {
         config,
         tls,
-        max_connections: common.max_connections,
+        max_connections: to_usize(common.max_connections),
+        max_pending_handshakes: to_usize(common.max_pending_handshakes),
+        max_pending_per_ip: to_usize(common.max_pending_per_ip),
         origins: common.origins.clone(),
         trace: common.trace,
     })

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use ferrows::{ClientBuilder, Fragment, Message, OpCode};
 use support::{
     Server, TempDir, close_code, connect, http, next_data, parse_frames, raw_upgrade, run_to_exit,
-    until_close, upgrade_status, within, write_file,
+    self_signed, until_close, upgrade_status, within,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -1065,47 +1065,6 @@ async fn serve_refuses_upgrades_from_other_origins_with_403() {
     server
         .wait_log(&["origin not allowed: 403"], Duration::from_secs(5))
         .await;
-}
-
-/// A self-signed certificate for localhost and 127.0.0.1, made with
-/// `openssl` (an end-entity certificate: CA:FALSE, serverAuth).
-fn self_signed(dir: &TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
-    let config = dir.0.join("openssl.cnf");
-    write_file(
-        &config,
-        "[req]\ndistinguished_name = dn\nx509_extensions = ext\nprompt = no\n\
-         [dn]\nCN = localhost\n\
-         [ext]\nbasicConstraints = critical, CA:FALSE\n\
-         subjectAltName = DNS:localhost, IP:127.0.0.1\n\
-         keyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth\n",
-    );
-    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-        ])
-        .arg("-config")
-        .arg(&config)
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("run openssl (Debian package openssl) to make a test certificate");
-    assert!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
 }
 
 #[tokio::test]

@@ -64,32 +64,33 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use ferrows_proto::handshake::Request;
 use ferrows_proto::{CloseCode, CloseFrame};
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::task::JoinSet;
+use tokio::net::{TcpListener, ToSocketAddrs};
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::broadcast::{Hub, Member, Prepared, SendError};
+use crate::backplane::{Backplane, Relay, RelayConfig};
+use crate::broadcast::{Hub, Prepared, SendError};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::listener::{Accepted, Listener};
 use crate::message::Message;
-use crate::server::{Handshake, is_per_connection_error};
+use crate::pump::{Pump, PumpEvent};
+use crate::server::Handshake;
 use crate::websocket::WebSocket;
 
 /// Default for [`Server::queue_capacity`].
 const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 /// Default for [`Server::max_clients`].
 const DEFAULT_MAX_CLIENTS: usize = 10_000;
-/// At most this many queued messages are moved to the write buffer per
-/// wake-up, so one busy connection cannot monopolise a worker thread.
-const PULL_BUDGET: usize = 256;
+
+type StartRelay = Box<dyn FnOnce(Hub) -> Relay + Send>;
 
 type ClientFn = dyn Fn(&ServerHandle, &Client) + Send + Sync;
 type MessageFn = dyn Fn(&ServerHandle, &Client, Message) + Send + Sync;
@@ -150,12 +151,13 @@ impl fmt::Debug for Client {
 /// Built with [`Server::bind`], configured with the chaining setters,
 /// started with [`Server::run`] (until Ctrl-C) or [`Server::run_until`].
 pub struct Server {
-    listener: TcpListener,
+    listener: Listener,
     config: Config,
     queue_capacity: usize,
     max_clients: usize,
     handlers: Handlers,
     handle: ServerHandle,
+    relay: Option<StartRelay>,
 }
 
 impl fmt::Debug for Server {
@@ -186,9 +188,11 @@ impl Server {
     ///
     /// [`Error::Io`] if the listener's address cannot be read.
     pub fn from_listener(listener: TcpListener) -> Result<Server> {
-        let local_addr = listener.local_addr()?;
+        let listener = Listener::from_tcp(listener)?;
+        let local_addr = listener.local_addr();
         Ok(Server {
             listener,
+            relay: None,
             config: Config::default(),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             max_clients: DEFAULT_MAX_CLIENTS,
@@ -196,6 +200,7 @@ impl Server {
             handle: ServerHandle {
                 inner: Arc::new(Inner {
                     hub: OnceLock::new(),
+                    relay: OnceLock::new(),
                     clients: Mutex::new(HashMap::new()),
                     local_addr,
                     shutdown: CancellationToken::new(),
@@ -224,11 +229,58 @@ impl Server {
         self
     }
 
-    /// Sets the most connections served at once (including those still in
-    /// the opening handshake). At the limit, new connections wait in the
-    /// listen backlog until a client leaves. Default: 10 000.
+    /// Sets the most clients served at once: an upgrade past it is
+    /// answered HTTP 503 (and logged). Each client holds its place from
+    /// its upgrade until its connection ends; connections still in their
+    /// opening handshake take none (they have their own bounds,
+    /// [`Server::max_pending_handshakes`]). Default: 10 000.
     pub fn max_clients(mut self, clients: usize) -> Server {
         self.max_clients = clients.max(1);
+        self
+    }
+
+    /// Sets the most connections whose request head is not complete yet;
+    /// at the limit the oldest pending one is dropped for a new one
+    /// (see [`Listener::max_pending_handshakes`]). Default: 1024.
+    pub fn max_pending_handshakes(mut self, pending: usize) -> Server {
+        self.listener = self.listener.max_pending_handshakes(pending);
+        self
+    }
+
+    /// Sets the most pending handshakes from one client address (IPv6 by
+    /// /64; see [`Listener::max_pending_per_ip`]). Default: 256.
+    pub fn max_pending_per_ip(mut self, pending: usize) -> Server {
+        self.listener = self.listener.max_pending_per_ip(pending);
+        self
+    }
+
+    /// Serves `wss://` with this rustls configuration (e.g. from
+    /// [`crate::tls::server_config_from_files`]). Default: plain `ws://`.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Server {
+        self.listener = self.listener.tls(config);
+        self
+    }
+
+    /// Accepts upgrades only with one of these `Origin` values (compared
+    /// case-insensitively); others, and upgrades without an Origin, get
+    /// HTTP 403. Empty (the default): any origin.
+    pub fn origins<I, O>(mut self, origins: I) -> Server
+    where
+        I: IntoIterator<Item = O>,
+        O: Into<String>,
+    {
+        self.listener = self.listener.origins(origins);
+        self
+    }
+
+    /// Connects the server's fan-out to other processes: from
+    /// [`Server::run`] on, [`ServerHandle::broadcast`] goes through a
+    /// [`Relay`] over `backplane` and reaches the clients of every server
+    /// on it (this server's at once, the others' through the backplane).
+    /// [`ServerHandle::relay`] gives its stats and events.
+    pub fn backplane<B: Backplane>(mut self, backplane: B, config: RelayConfig) -> Server {
+        self.relay = Some(Box::new(move |hub| Relay::start(hub, backplane, config)));
         self
     }
 
@@ -314,82 +366,55 @@ impl Server {
             max_clients,
             handlers,
             handle,
+            relay,
         } = self;
         let hub = handle
             .inner
             .hub
             .get_or_init(|| Hub::new(queue_capacity))
             .clone();
+        if let Some(start) = relay {
+            if handle.inner.relay.get().is_none() {
+                let _ = handle.inner.relay.set(start(hub.clone()));
+            }
+        }
         let token = handle.inner.shutdown.clone();
+        // Each connection ends within its close timeout twice over
+        // (writing our close frame, then the client's answer).
+        let grace = config.close_timeout.saturating_mul(2) + Duration::from_secs(1);
+        let listener = listener
+            .config(config.clone())
+            .max_connections(max_clients)
+            .shutdown_grace(grace);
         let shared = Arc::new(Shared {
             config,
             handlers,
             handle: handle.clone(),
             hub,
         });
-        let mut tasks = JoinSet::new();
-        let mut shutdown = pin!(shutdown);
-        let mut full = false;
         tracing::info!(addr = %handle.inner.local_addr, "serving");
-        loop {
+        let stop = token.clone();
+        let relay = handle.inner.relay.get().cloned();
+        let shutdown = async move {
             tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                () = token.cancelled() => break,
-                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                    report_join(joined);
-                    if full && tasks.len() < max_clients {
-                        full = false;
-                        tracing::info!("below the client limit again: accepting");
-                    }
-                }
-                accepted = listener.accept(), if tasks.len() < max_clients => {
-                    let (stream, peer) = match accepted {
-                        Ok(conn) => conn,
-                        Err(e) if is_per_connection_error(&e) => continue,
-                        Err(e) => {
-                            // Out of file descriptors and the like.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    tasks.spawn(connection(stream, peer, shared.clone()));
-                    if tasks.len() >= max_clients {
-                        full = true;
-                        tracing::warn!(max_clients, "client limit reached: not accepting");
-                    }
-                }
+                () = shutdown => {}
+                () = stop.cancelled() => {}
             }
-        }
-        tracing::info!(clients = tasks.len(), "shutting down");
-        token.cancel();
-        drop(listener);
-        // Each task ends within its close timeout twice over (writing our
-        // close frame, then the client's answer); anything left is stuck.
-        let grace = shared.config.close_timeout.saturating_mul(2) + Duration::from_secs(1);
-        let drain = async {
-            while let Some(joined) = tasks.join_next().await {
-                report_join(joined);
-            }
+            tracing::info!(clients = handle.client_count(), "shutting down");
+            // Every connection closes with 1001.
+            stop.cancel();
         };
-        if tokio::time::timeout(grace, drain).await.is_err() {
-            tracing::warn!(
-                remaining = tasks.len(),
-                "connections did not close in time: aborting them"
-            );
-            tasks.shutdown().await;
+        let served = listener
+            .serve_until(shutdown, move |hs, peer, _shutdown| {
+                connection(hs, peer, shared.clone())
+            })
+            .await;
+        token.cancel();
+        // A stopped server publishes nothing more.
+        if let Some(relay) = relay {
+            relay.shutdown();
         }
-        Ok(())
-    }
-}
-
-fn report_join(joined: std::result::Result<(), tokio::task::JoinError>) {
-    if let Err(e) = joined {
-        if e.is_panic() {
-            tracing::error!("a connection task panicked");
-        }
+        served
     }
 }
 
@@ -404,6 +429,8 @@ pub struct ServerHandle {
 struct Inner {
     /// Set when the server starts running.
     hub: OnceLock<Hub>,
+    /// Set when the server starts running, with a backplane.
+    relay: OnceLock<Relay>,
     clients: Mutex<HashMap<u64, Entry>>,
     local_addr: SocketAddr,
     shutdown: CancellationToken,
@@ -452,11 +479,24 @@ impl ServerHandle {
     /// took it. The message is encoded once and its frame bytes reused for
     /// all (see the module docs).
     /// Clients whose queue is full are closed with 1008 as too slow.
+    ///
+    /// With a [`Server::backplane`], the message also goes to every other
+    /// server on the backplane (text and binary only); the count is of
+    /// this server's clients.
     pub fn broadcast(&self, message: impl Into<Prepared>) -> usize {
+        if let Some(relay) = self.inner.relay.get() {
+            return relay.broadcast(message.into().message().clone());
+        }
         match self.inner.hub.get() {
             Some(hub) => hub.broadcast(message),
             None => 0,
         }
+    }
+
+    /// The relay to the backplane ([`Server::backplane`]), for its stats
+    /// and events; `None` without a backplane or before the server runs.
+    pub fn relay(&self) -> Option<Relay> {
+        self.inner.relay.get().cloned()
     }
 
     /// The connected clients, by ascending id.
@@ -583,21 +623,14 @@ fn guarded(f: impl FnOnce()) -> std::result::Result<(), ()> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|_| ())
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn connection(hs: Handshake<Accepted>, peer: SocketAddr, shared: Arc<Shared>) {
     let token = shared.handle.inner.shutdown.clone();
-    let handshake = async {
-        let hs = Handshake::read(stream, shared.config.clone())
-            .await?
-            .with_peer_addr(peer);
-        let request = Arc::new(hs.request().clone());
-        let ws = hs.accept().await?;
-        Ok::<_, Error>((ws, request))
-    };
-    let (ws, request) = tokio::select! {
+    let request = Arc::new(hs.request().clone());
+    let ws = tokio::select! {
         biased;
         () = token.cancelled() => return,
-        done = handshake => match done {
-            Ok(accepted) => accepted,
+        done = hs.accept() => match done {
+            Ok(ws) => ws,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "handshake failed");
                 return;
@@ -627,15 +660,14 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
 
     let mut conn = Conn {
         ws,
-        member: Some(member),
+        pump: Pump::new(member, shared.config.write_high_water_mark),
         control,
         shutdown: Box::pin(token.cancelled_owned()),
-        high_water_mark: shared.config.write_high_water_mark,
     };
     let close = conn.serve(&shared, &client).await;
     // Leave the hub and the client list before closing, so that nothing
     // more is queued for this client and `clients()` no longer shows it.
-    conn.member = None;
+    conn.pump.leave();
     drop(registration);
     if let Some(frame) = close {
         close_handshake(&mut conn.ws, frame, client.id).await;
@@ -651,7 +683,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
 /// Closes with `frame` and waits for the client's answer (discarding what
 /// still arrives), within the close timeout; a server then closes TCP first
 /// (RFC 6455 §7.1.1), as [`WebSocket::close`] does.
-async fn close_handshake(ws: &mut WebSocket<TcpStream>, frame: CloseFrame, id: u64) {
+async fn close_handshake(ws: &mut WebSocket<Accepted>, frame: CloseFrame, id: u64) {
     if let Err(e) = ws.close(frame.code, frame.reason()).await {
         tracing::debug!(id, error = %e, "close handshake failed");
     }
@@ -659,11 +691,10 @@ async fn close_handshake(ws: &mut WebSocket<TcpStream>, frame: CloseFrame, id: u
 
 /// One connection after the handshake.
 struct Conn {
-    ws: WebSocket<TcpStream>,
-    member: Option<Member>,
+    ws: WebSocket<Accepted>,
+    pump: Pump,
     control: Arc<Control>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-    high_water_mark: usize,
 }
 
 /// What woke a connection up.
@@ -733,83 +764,21 @@ impl Conn {
     }
 
     fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
-        for _ in 0..4 {
-            if let Some(frame) = self.control.poll_close(cx) {
-                return Poll::Ready(Step::Close(frame));
-            }
-            if self.shutdown.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Step::Close(CloseFrame::new(
-                    CloseCode::GOING_AWAY,
-                    "server shutting down",
-                )));
-            }
-            // Move queued messages into the write buffer, up to the
-            // high-water mark: past it the client is not keeping up, and
-            // its queue (bounded) takes the slack.
-            let mut queue_waiting = false;
-            let mut budget = PULL_BUDGET;
-            while self.ws.buffered_amount() < self.high_water_mark {
-                let Some(member) = self.member.as_mut() else {
-                    break;
-                };
-                if budget == 0 {
-                    cx.waker().wake_by_ref();
-                    queue_waiting = true;
-                    break;
-                }
-                budget -= 1;
-                let next = member.poll_recv(cx);
-                match next {
-                    Poll::Ready(Some(prepared)) => {
-                        // Fails only once the connection is closing, which
-                        // the read side reports next.
-                        let _ = self.ws.queue_prepared(&prepared);
-                    }
-                    Poll::Ready(None) => {
-                        return Poll::Ready(Step::Close(self.queue_ended()));
-                    }
-                    Poll::Pending => {
-                        queue_waiting = true;
-                        break;
-                    }
-                }
-            }
-            // Read (this also writes what was queued).
-            match self.ws.poll_recv(cx) {
-                Poll::Ready(Some(Ok(msg))) => return Poll::Ready(Step::Message(msg)),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Step::Ended(Some(e))),
-                Poll::Ready(None) => return Poll::Ready(Step::Ended(None)),
-                Poll::Pending => {}
-            }
-            if self.ws.buffered_amount() >= self.high_water_mark {
-                // Waiting for the socket while the queue is not drained:
-                // the hub wakes us if it drops this client as too slow.
-                if self
-                    .member
-                    .as_ref()
-                    .is_some_and(|m| m.poll_lagged(cx).is_ready())
-                {
-                    return Poll::Ready(Step::Close(self.queue_ended()));
-                }
-                return Poll::Pending;
-            }
-            if queue_waiting {
-                return Poll::Pending;
-            }
-            // The write buffer drained below the mark during this poll but
-            // the queue was not looked at since: go round again.
+        if let Some(frame) = self.control.poll_close(cx) {
+            return Poll::Ready(Step::Close(frame));
         }
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-
-    /// The close frame for a client whose queue has ended: too slow, or
-    /// removed from the hub.
-    fn queue_ended(&self) -> CloseFrame {
-        if self.member.as_ref().is_some_and(Member::is_lagged) {
-            CloseFrame::new(CloseCode::POLICY_VIOLATION, "too slow to keep up")
-        } else {
-            CloseFrame::new(CloseCode::GOING_AWAY, "")
+        if self.shutdown.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Step::Close(CloseFrame::new(
+                CloseCode::GOING_AWAY,
+                "server shutting down",
+            )));
         }
+        self.pump
+            .poll_next(&mut self.ws, cx)
+            .map(|event| match event {
+                PumpEvent::Message(msg) => Step::Message(msg),
+                PumpEvent::Ended(e) => Step::Ended(e),
+                PumpEvent::Close(frame) => Step::Close(frame),
+            })
     }
 }

@@ -53,6 +53,12 @@
 //! * Event client, as ESP-IDF's `esp_websocket_client`: [`EventClient`]
 //!   with [`Event`]s, sends with a timeout, ping/pong watch, reconnection
 //!   with backoff and an inactivity timeout ([`event_client`]).
+//! * Production accept loop: [`Listener`] (dual-stack bind, TLS, a
+//!   connection cap with 503, bounded pending handshakes, one handshake
+//!   deadline, Origin allow-list, graceful shutdown, a stream-wrap hook);
+//!   [`keepalive`] (one ping timer per server, silent peers dropped) and
+//!   [`pump::Pump`] (a [`Hub`] member's queue into a [`WebSocket`] with
+//!   backpressure) to build servers on it.
 //! * [`Config`]: limits, backpressure, timeouts, compression; every default
 //!   documented.
 //! * One [`Hub`] across processes: [`Relay`] connects it to a
@@ -79,8 +85,11 @@ mod client;
 mod config;
 mod error;
 pub mod event_client;
+pub mod keepalive;
+pub mod listener;
 mod message;
 mod protocol;
+pub mod pump;
 mod server;
 mod stream;
 #[cfg(feature = "tls")]
@@ -94,6 +103,7 @@ pub use client::{ClientBuilder, WsUrl, client_handshake, connect};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use event_client::{Event, EventClient};
+pub use listener::{Listener, ListenerHandle, Shutdown};
 pub use message::Message;
 pub use server::{Accept, Handshake, Reject, accept, accept_with, serve, serve_with};
 pub use stream::MaybeTlsStream;

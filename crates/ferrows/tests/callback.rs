@@ -455,27 +455,53 @@ async fn a_panicking_handler_closes_its_client_with_1011_only() {
     shut_down(stop, task, &mut [good]).await;
 }
 
+/// The status line a raw upgrade request to `url`'s address is answered
+/// with.
+async fn upgrade_status_line(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = within("connect", TcpStream::connect(addr)).await.unwrap();
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        let n = within("response", tcp.read(&mut buf)).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
 #[tokio::test]
-async fn the_client_limit_holds_new_connections_until_one_leaves() {
+async fn past_the_client_limit_an_upgrade_gets_503_until_one_leaves() {
     let server = Server::bind("127.0.0.1:0").await.unwrap().max_clients(1);
+    let addr = server.local_addr();
     let (server, mut seen) = recording(server);
-    let (_handle, url, stop, task) = run(server);
+    let (handle, url, stop, task) = run(server);
     let mut first = connect(&url).await;
     assert!(matches!(next(&mut seen).await, Seen::Connect(1, ..)));
-    // Not accepted while the first is connected: the handshake times out.
-    let refused = ClientBuilder::new(url.clone())
-        .config(Config::default().handshake_timeout(Duration::from_millis(300)))
-        .connect()
-        .await;
-    assert!(
-        matches!(refused, Err(ferrows::Error::HandshakeTimeout)),
-        "{refused:?}"
-    );
+    // Refused at once while the first is connected.
+    let refused = upgrade_status_line(addr).await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused:?}");
+    assert_eq!(handle.client_count(), 1);
     first.close(CloseCode::NORMAL, "").await.unwrap();
     assert_eq!(next(&mut seen).await, Seen::Disconnect(1));
-    // The timed-out attempt is taken from the backlog and fails; then
-    // this one gets the slot.
-    let mut second = connect(&url).await;
+    // The place is free once the first connection's task has ended.
+    let mut second = within("a free place", async {
+        loop {
+            match ClientBuilder::new(url.clone()).connect().await {
+                Ok((ws, _)) => break ws,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
     second.send("hi").await.unwrap();
     loop {
         match next(&mut seen).await {
@@ -487,4 +513,112 @@ async fn the_client_limit_holds_new_connections_until_one_leaves() {
         }
     }
     shut_down(stop, task, &mut [second]).await;
+}
+
+#[tokio::test]
+async fn a_tls_server_with_an_origin_list_serves_wss_and_refuses_other_origins() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let tls =
+        ferrows::tls::server_config(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap();
+    let server = Server::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .tls(tls)
+        .origins(["https://app.example"])
+        .on_message(|server, client, msg| {
+            let _ = server.send(client.id(), msg);
+        });
+    let port = server.local_addr().port();
+    let (_handle, _url, stop, task) = run(server);
+    let client_tls = ferrows::tls::client_config_with_ca(ca.pem().as_bytes()).unwrap();
+    let url = format!("wss://localhost:{port}/");
+    let refused = within(
+        "refused",
+        ClientBuilder::new(url.clone())
+            .tls_config(client_tls.clone())
+            .header("Origin", "https://evil.example")
+            .connect(),
+    )
+    .await;
+    assert!(
+        refused
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.to_string().contains("403")),
+        "{refused:?}"
+    );
+    let (mut ws, _) = within(
+        "wss connect",
+        ClientBuilder::new(url)
+            .tls_config(client_tls)
+            .header("Origin", "https://app.example")
+            .connect(),
+    )
+    .await
+    .unwrap();
+    assert!(ws.get_ref().is_tls());
+    ws.send("over TLS").await.unwrap();
+    assert_eq!(recv_data(&mut ws).await, Message::text("over TLS"));
+    shut_down(stop, task, &mut [ws]).await;
+}
+
+#[tokio::test]
+async fn a_broadcast_reaches_the_clients_of_every_server_on_the_backplane() {
+    use ferrows::RelayConfig;
+    use ferrows::backplane::memory::Bus;
+    let bus = Bus::new();
+    let mut servers = Vec::new();
+    for name in ["a", "b"] {
+        let server = Server::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .backplane(bus.connect(), RelayConfig::default().name(name))
+            .on_message(|server, _client, msg| {
+                if let Some(text) = msg.as_text() {
+                    server.broadcast(format!("echo: {text}"));
+                }
+            });
+        servers.push(run(server));
+    }
+    let mut on_a = connect(&servers[0].1).await;
+    let mut on_b = connect(&servers[1].1).await;
+    let (handle_a, handle_b) = (servers[0].0.clone(), servers[1].0.clone());
+    within("both joined", async {
+        while handle_a.client_count() + handle_b.client_count() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // A message from A's client reaches B's client through the bus, and
+    // B's server broadcasting reaches A's.
+    on_a.send("from a").await.unwrap();
+    assert_eq!(recv_data(&mut on_a).await, Message::text("echo: from a"));
+    assert_eq!(recv_data(&mut on_b).await, Message::text("echo: from a"));
+    handle_b.broadcast("from server b");
+    assert_eq!(recv_data(&mut on_a).await, Message::text("from server b"));
+    assert_eq!(recv_data(&mut on_b).await, Message::text("from server b"));
+    let relay_a = handle_a.relay().expect("a relay");
+    let relay_b = handle_b.relay().expect("a relay");
+    within("stats", async {
+        while relay_a.stats().published < 1 || relay_b.stats().delivered_remote < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(relay_b.stats().lost, 0);
+    assert_eq!(relay_a.stats().delivered_remote, 1, "b's broadcast");
+    assert_ne!(relay_a.node(), relay_b.node());
+    let mut servers = servers.into_iter();
+    let (_, _, stop_a, task_a) = servers.next().unwrap();
+    let (_, _, stop_b, task_b) = servers.next().unwrap();
+    shut_down(stop_a, task_a, &mut [on_a]).await;
+    shut_down(stop_b, task_b, &mut [on_b]).await;
 }

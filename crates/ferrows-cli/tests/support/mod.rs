@@ -473,3 +473,44 @@ pub(crate) fn write_file(path: &std::path::Path, text: &str) {
         .and_then(|mut f| f.write_all(text.as_bytes()))
         .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
+
+/// A self-signed certificate for localhost and 127.0.0.1, made with
+/// `openssl` (an end-entity certificate: CA:FALSE, serverAuth).
+pub(crate) fn self_signed(dir: &TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
+    let config = dir.0.join("openssl.cnf");
+    write_file(
+        &config,
+        "[req]\ndistinguished_name = dn\nx509_extensions = ext\nprompt = no\n\
+         [dn]\nCN = localhost\n\
+         [ext]\nbasicConstraints = critical, CA:FALSE\n\
+         subjectAltName = DNS:localhost, IP:127.0.0.1\n\
+         keyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth\n",
+    );
+    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .arg("-config")
+        .arg(&config)
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl (Debian package openssl) to make a test certificate");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
