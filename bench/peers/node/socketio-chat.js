@@ -12,7 +12,7 @@
 // /socket.io/?EIO=4&transport=websocket), no per-message deflate.
 // Clients join the room `chat` on connect; no join/leave notices.
 //
-// Usage: node socketio-chat.js PORT ADAPTER [REDIS_URL]
+// Usage: node socketio-chat.js PORT ADAPTER [REDIS_URL]   (PORT 0: a free one)
 
 const http = require('http');
 const { Server } = require('socket.io');
@@ -59,7 +59,8 @@ async function main() {
     });
   });
   httpServer.listen(port, '127.0.0.1', () => {
-    console.error(`socket.io chat (${adapter}) listening on 127.0.0.1:${port}`);
+    const bound = httpServer.address().port;
+    console.error(`socket.io chat (${adapter}) listening on 127.0.0.1:${bound}`);
   });
 }
 

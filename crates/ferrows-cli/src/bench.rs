@@ -902,7 +902,7 @@ async fn run_chat(
         warmup: args.warmup,
         duration: args.duration,
         grace: args.timeout,
-        settle_timeout: args.timeout.max(Duration::from_secs(60)),
+        settle_timeout: args.timeout,
         threads,
         handshake_concurrency: to_usize(args.handshake_concurrency),
         // Clients must keep up with the room, not throttle it.
