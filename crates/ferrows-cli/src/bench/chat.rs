@@ -144,7 +144,8 @@ pub(crate) struct ChatOutcome {
     pub(crate) send_lag: Option<Summary>,
     /// Messages (any, warm-up included) that did not reach every client.
     pub(crate) incomplete: u64,
-    /// Copies never received (of every message sent).
+    /// Copies never received, of every message scheduled (a message a failed
+    /// sender never sent counts too; its error says so).
     pub(crate) copies_missing: u64,
     /// Copies received twice.
     pub(crate) duplicates: u64,
@@ -412,7 +413,6 @@ fn tally(shared: &Shared, start_ns: u64, outcome: &mut ChatOutcome) {
     let conns = shared.plan.conns as u64;
     let nodes = shared.nodes();
     let first_measured = shared.plan.warmup_messages();
-    let sent = outcome.sent.min(shared.messages);
     let mut last = Latencies::new();
     let mut node_last: Vec<Latencies> = (0..nodes).map(|_| Latencies::new()).collect();
     for seq in 0..shared.messages {
@@ -425,10 +425,6 @@ fn tally(shared: &Shared, start_ns: u64, outcome: &mut ChatOutcome) {
         if measured {
             outcome.measured += 1;
             outcome.measured_copies += got;
-        }
-        if seq >= sent && got == 0 {
-            // Never sent (a sender failed): counted by its error.
-            continue;
         }
         if got < conns {
             outcome.incomplete += 1;
