@@ -6,6 +6,12 @@
 //! (n counts from 0 since the server started, the same n for everyone);
 //! joins and leaves are announced as `msg:* client <id> joined|left`.
 //!
+//! With `--redis` the room spans every server started with the same
+//! `--redis` and `--room` (see [`crate::cluster`]): messages reach every
+//! server's clients (this server's at once), the tick n is the same
+//! everywhere, join ids name the server (`client 3@web1:9002`), and
+//! `GET /status` reports the backplane.
+//!
 //! Fan-out goes through a [`Hub`]: each client has a bounded queue of
 //! messages (`--queue`), and reading from it stops while the client's
 //! socket is backed up (its write buffer holds [`HIGH_WATER_MARK`] bytes).
@@ -24,6 +30,7 @@ use ferrows::{CloseCode, Config, Handshake, Hub, Member, Message, Prepared, WebS
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cluster::{self, Cluster, RedisUrl, Refusal};
 use crate::heartbeat::{self, Liveness, OnBeat, close_for_shutdown};
 use crate::net::{self, Io, Stream, display_addr};
 use crate::{CommonArgs, pages};
@@ -101,6 +108,28 @@ pub(crate) struct RoomArgs {
     #[arg(long, value_name = "MESSAGES", default_value_t = 200,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub(crate) burst: u32,
+    /// Share the room with every server given the same Redis (or Valkey) and
+    /// --room: redis://[user:password@]host[:port][/db]. Prefer the
+    /// environment variable for a password (arguments show in `ps`)
+    #[arg(long, value_name = "URL", env = "FERROWS_REDIS_URL", hide_env_values = true,
+          value_parser = cluster::parse_redis_url)]
+    pub(crate) redis: Option<RedisUrl>,
+    /// With --redis: which room to share (the Redis keys' prefix; A-Z a-z 0-9 . _ -, at most 64)
+    #[arg(
+        long = "room",
+        value_name = "NAME",
+        env = "FERROWS_CHAT_ROOM",
+        default_value = "chat"
+    )]
+    pub(crate) room_name: String,
+    /// With --redis: this server's name in logs and join notices [default: <hostname>:<port>]
+    #[arg(long, value_name = "NAME", env = "FERROWS_NODE_NAME")]
+    pub(crate) node_name: Option<String>,
+    /// With --redis: messages kept in the Redis stream for servers that
+    /// reconnect [default: from --max-message-size, 100 to 10000]
+    #[arg(long, value_name = "N", requires = "redis",
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub(crate) redis_retain: Option<u64>,
 }
 
 /// A client's inbound allowance: `rate` messages a second, `burst` at
@@ -222,10 +251,13 @@ pub(crate) fn parse_tick(text: &str) -> Result<Tick, String> {
 #[derive(Clone)]
 pub(crate) struct Room {
     hub: Hub,
+    /// With `--redis`: the relay behind the hub, and what `/status` shows.
+    cluster: Option<Arc<Cluster>>,
     /// Each client's inbound allowance: messages per second (0: none), burst.
     rate: u32,
     burst: u32,
     _ticker: Option<Arc<AbortOnDrop>>,
+    _notices: Option<Arc<AbortOnDrop>>,
 }
 
 struct AbortOnDrop(JoinHandle<()>);
@@ -246,21 +278,161 @@ impl Room {
             .map(|every| Arc::new(AbortOnDrop(tokio::spawn(tick_loop(hub.clone(), every)))));
         Room {
             hub,
+            cluster: None,
             rate: 0,
             burst: 1,
             _ticker: ticker,
+            _notices: None,
         }
     }
 
-    /// The room from its flags.
-    pub(crate) fn from_args(args: &RoomArgs) -> Room {
+    /// The room from its flags, on a server listening on `port` whose
+    /// messages are at most `max_message` bytes. With `--redis`, joins the
+    /// room in Redis first: a [`Refusal`] (exit status 1 or 2) if Redis is
+    /// out of reach for 10 s, or the room ticks at another rate.
+    pub(crate) async fn open(
+        args: &RoomArgs,
+        port: u16,
+        max_message: usize,
+    ) -> anyhow::Result<Room> {
         let queue = usize::try_from(args.queue).unwrap_or(usize::MAX);
-        tracing::info!(tick = ?args.tick.0, queue, rate = args.rate, burst = args.burst, "chat room open");
-        Room {
+        let Some(url) = &args.redis else {
+            tracing::info!(tick = ?args.tick.0, queue, rate = args.rate, burst = args.burst, "chat room open");
+            return Ok(Room {
+                rate: args.rate,
+                burst: args.burst,
+                ..Room::start(args.tick, queue)
+            });
+        };
+        let node = args
+            .node_name
+            .clone()
+            .unwrap_or_else(|| format!("{}:{port}", cluster::hostname()));
+        if !cluster::valid_node_name(&node) {
+            return Err(Refusal {
+                code: 2,
+                message: format!(
+                    "node name {node:?}: use 1 to 64 of A-Z a-z 0-9 . _ : - (set --node-name or FERROWS_NODE_NAME)"
+                ),
+            }
+            .into());
+        }
+        let hub = Hub::new(queue);
+        let retain = args
+            .redis_retain
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        // A message travels as `msg:` and the text; notices (a join names
+        // the node) may be longer than a tiny --max-message-size.
+        let max_entry = max_message.saturating_add(4).max(1024);
+        let joined = cluster::join(
+            url,
+            &args.room_name,
+            node,
+            args.tick.0,
+            max_entry,
+            retain,
+            hub.clone(),
+        )
+        .await?;
+        let cluster = joined.cluster;
+        tracing::info!(
+            tick = ?args.tick.0, queue, rate = args.rate, burst = args.burst,
+            room = %cluster.room, backplane = %cluster.server(), node = %cluster.node,
+            node_id = %cluster.relay.node(),
+            "chat room open"
+        );
+        let ticker = joined.clock.map(|(clock, status)| {
+            Arc::new(AbortOnDrop(tokio::spawn(cluster::tick_loop(
+                hub.clone(),
+                clock,
+                status,
+            ))))
+        });
+        let notices = tokio::spawn(cluster::notices(cluster.clone(), joined.events));
+        Ok(Room {
+            hub,
+            cluster: Some(cluster),
             rate: args.rate,
             burst: args.burst,
-            ..Room::start(args.tick, queue)
+            _ticker: ticker,
+            _notices: Some(Arc::new(AbortOnDrop(notices))),
+        })
+    }
+
+    /// With `--redis`: waits (at most `max`) until what this server's
+    /// clients said (their leave notices at shutdown, say) has gone to Redis.
+    pub(crate) async fn drain(&self, max: Duration) {
+        let Some(c) = &self.cluster else { return };
+        let deadline = tokio::time::Instant::now() + max;
+        while c.relay.stats().outbox_depth > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Sends `text` to every client: this server's at once, and with
+    /// `--redis` every other server's.
+    fn broadcast(&self, text: String) {
+        match &self.cluster {
+            Some(c) => {
+                c.relay.broadcast(text);
+            }
+            None => {
+                self.hub.broadcast(text);
+            }
+        }
+    }
+
+    /// How a client is named in join and leave notices: its number, and
+    /// with `--redis` `@` and this server's name.
+    fn client_name(&self, id: u64) -> String {
+        match &self.cluster {
+            Some(c) => format!("{id}@{}", c.node),
+            None => id.to_string(),
+        }
+    }
+
+    /// The body of `GET /status`: the number of clients, and with
+    /// `--redis` the room, this node, the backplane and the clock.
+    pub(crate) fn status_json(&self) -> String {
+        let clients = self.hub.len();
+        let value = match &self.cluster {
+            Some(c) => c.status(clients),
+            None => serde_json::json!({ "clients": clients, "backplane": null }),
+        };
+        let mut body = value.to_string();
+        body.push('\n');
+        body
+    }
+}
+
+/// How long a server with `--redis` waits at exit for its last messages
+/// (the leave notices of its clients) to reach Redis.
+pub(crate) const DRAIN_AT_EXIT: Duration = Duration::from_secs(1);
+
+/// The chat server's status path.
+pub(crate) const STATUS_PATH: &str = "/status";
+
+/// Answers `GET /status` with the room's status as JSON (405 for methods
+/// other than GET and HEAD).
+pub(crate) async fn respond_status(hs: Handshake<Stream>, peer: SocketAddr, room: &Room) {
+    let method = hs.request().method().to_owned();
+    let no_store = [("Cache-Control".to_owned(), "no-store".to_owned())];
+    let result = if method == "GET" || method == "HEAD" {
+        let body = room.status_json();
+        hs.respond(200, &no_store, "application/json", body.as_bytes())
+            .await
+    } else {
+        let allow = [("Allow".to_owned(), "GET, HEAD".to_owned())];
+        hs.respond(
+            405,
+            &allow,
+            "text/plain; charset=utf-8",
+            b"method not allowed: use GET\n",
+        )
+        .await
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %display_addr(peer), error = %e, "status not sent");
     }
 }
 
@@ -287,7 +459,11 @@ pub(crate) async fn handle(
     beat: watch::Receiver<u64>,
 ) {
     if !hs.request().is_upgrade() {
-        pages::respond_page(hs, peer, pages::chat()).await;
+        if hs.request().path() == STATUS_PATH {
+            respond_status(hs, peer, &room).await;
+        } else {
+            pages::respond_page(hs, peer, pages::chat()).await;
+        }
         return;
     }
     let path = hs.request().path().to_owned();
@@ -305,11 +481,12 @@ pub(crate) async fn handle(
     let mut member = room.hub.join();
     let id = member.id();
     tracing::info!(peer = %display_addr(peer), %path, client = id, compression = ws.compression().is_some(), "open");
-    room.hub.broadcast(format!("msg:* client {id} joined"));
+    let name = room.client_name(id);
+    room.broadcast(format!("msg:* client {name} joined"));
     let bucket = Bucket::new(room.rate, room.burst, tokio::time::Instant::now());
-    let code = session(&mut ws, &mut member, &room.hub, bucket, beat, peer).await;
+    let code = session(&mut ws, &mut member, &room, bucket, beat, peer).await;
     drop(member);
-    room.hub.broadcast(format!("msg:* client {id} left"));
+    room.broadcast(format!("msg:* client {name} left"));
     // After a close frame from the peer: wait for the TCP close (bounded
     // by the close timeout), after the notice so no one waits for it.
     while ws.recv().await.is_some() {}
@@ -330,7 +507,7 @@ enum Step {
 async fn session(
     ws: &mut WebSocket<Stream>,
     member: &mut Member,
-    hub: &Hub,
+    room: &Room,
     mut bucket: Bucket,
     mut beat: watch::Receiver<u64>,
     peer: SocketAddr,
@@ -423,7 +600,7 @@ async fn session(
                 }
                 match msg {
                     Message::Text(text) => {
-                        hub.broadcast(format!("msg:{}", text.as_str()));
+                        room.broadcast(format!("msg:{}", text.as_str()));
                     }
                     Message::Binary(data) => {
                         binary_seen += 1;
@@ -449,15 +626,21 @@ pub(crate) async fn serve(args: ChatArgs) -> anyhow::Result<ExitCode> {
     let opts = crate::net_options(&args.common, args.session.config())?;
     let listener = net::bind(args.bind, args.port)?;
     let local = listener.local_addr().context("local address")?;
+    // The room first (with --redis: Redis reached, the tick agreed): the
+    // port is bound but nothing is accepted until the room is open.
+    let max_message = usize::try_from(args.session.max_message_size).unwrap_or(usize::MAX);
+    let room = Room::open(&args.room, local.port(), max_message).await?;
     tracing::info!("listening on {}", display_addr(local));
-    let room = Room::from_args(&args.room);
     // The heartbeat channel also carries the shutdown to every connection.
     let (stop_tx, _) = watch::channel(false);
     let beat = args.session.heartbeat(stop_tx.subscribe());
+    let shared = room.clone();
     net::run_with_shutdown(listener, opts, stop_tx, move |hs, peer, _shutdown| {
-        handle(hs, peer, room.clone(), beat.clone())
+        handle(hs, peer, shared.clone(), beat.clone())
     })
     .await?;
+    // The other servers hear of the clients that left.
+    room.drain(DRAIN_AT_EXIT).await;
     Ok(ExitCode::SUCCESS)
 }
 

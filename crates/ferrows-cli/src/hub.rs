@@ -7,6 +7,7 @@
 //! | `/echo`    | echo console      | echo (websocket-echo-server limits) |
 //! | `/chat`    | chat              | chat with a synced tick             |
 //! | `/gamepad` | gamepad           | drive the robot (one driver)        |
+//! | `/status`  | the chat room's status as JSON (`GET`)                  |
 //! | other      | 404               | 404                                 |
 //!
 //! The gamepad's output (a log, JSON lines or GPIO) is opened before the
@@ -93,6 +94,7 @@ async fn route(
             let (room, beat) = (demos.room.clone(), demos.beat.clone());
             chat::handle(hs, peer, room, beat).await;
         }
+        chat::STATUS_PATH if !upgrade => chat::respond_status(hs, peer, &demos.room).await,
         GAMEPAD => gamepad::handle(hs, peer, shutdown, demos.gamepad.clone()).await,
         _ => {
             let text = "not found: the demos are /echo, /chat and /gamepad";
@@ -114,6 +116,9 @@ pub(crate) async fn serve(args: HubArgs) -> anyhow::Result<ExitCode> {
     let scheme = if opts.tls.is_some() { "https" } else { "http" };
     let listener = net::bind(args.bind, args.port)?;
     let local = listener.local_addr().context("local address")?;
+    // The chat room before anyone can connect (with --redis: Redis
+    // reached, the tick agreed).
+    let room = Room::open(&args.room, local.port(), max_message).await?;
     tracing::info!("listening on {}", display_addr(local));
     let host = if args.bind.is_unspecified() {
         format!("localhost:{}", local.port())
@@ -124,8 +129,9 @@ pub(crate) async fn serve(args: HubArgs) -> anyhow::Result<ExitCode> {
         "pages: {scheme}://{host}/ (echo console: /echo, chat: /chat, gamepad: /gamepad)"
     );
     let (stop_tx, _) = watch::channel(false);
+    let chat_room = room.clone();
     let demos = Arc::new(Demos {
-        room: Room::from_args(&args.room),
+        room,
         beat: heartbeat::heartbeat(
             Duration::from_millis(args.heartbeat_interval),
             stop_tx.subscribe(),
@@ -143,6 +149,8 @@ pub(crate) async fn serve(args: HubArgs) -> anyhow::Result<ExitCode> {
         e = running.failed() => Err(e),
     };
     running.finish().await;
+    // The other servers hear of the chat clients that left.
+    chat_room.drain(chat::DRAIN_AT_EXIT).await;
     served?;
     Ok(ExitCode::SUCCESS)
 }

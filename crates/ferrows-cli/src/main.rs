@@ -2,6 +2,7 @@
 
 mod bench;
 mod chat;
+mod cluster;
 mod connect;
 mod decode;
 mod echo;
@@ -188,6 +189,10 @@ fn main() -> ExitCode {
             if let Some(bad) = e.downcast_ref::<BadSetting>() {
                 eprintln!("error: {bad}");
                 return ExitCode::from(2);
+            }
+            if let Some(refusal) = e.downcast_ref::<cluster::Refusal>() {
+                eprintln!("error: {refusal}");
+                return ExitCode::from(refusal.code);
             }
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -6,7 +6,10 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const MAX_LOG = 500;
-  const NOTICE = /^\* client (\d+) (joined|left)$/;
+  // Joins and leaves (`3`, or `3@web1:9002` when the room spans servers)
+  // and the backplane's notices (`serve chat --redis`).
+  const NOTICE =
+    /^\* (client \d+(@[A-Za-z0-9._:-]+)? (joined|left)|lost contact with the other servers: .*|back in contact with the other servers|\d+ messages from other servers were lost)$/;
 
   let ws = null;
 

@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use ferrows::{Message, WebSocket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A real `redis-server` per test (only the cluster tests start one).
+#[allow(dead_code)]
+pub(crate) mod redis;
+
 /// The environment variables of `serve echo`: cleared for every run so the
 /// caller's environment cannot change a test.
 const ECHO_VARS: [&str; 6] = [
