@@ -10,19 +10,28 @@
 //! * `--idle N`: open N connections, hold them, measure the handshake rate
 //!   and the server's memory per connection ([`idle`]);
 //! * `--broadcast ROUNDS`: clients of a chat server, one of which sends;
-//!   measures the delivery time to the last client ([`broadcast`]).
+//!   measures the delivery time to the last client ([`broadcast`]);
+//! * `--chat-rate R --senders K`: an open-loop chat room, K senders
+//!   together sending R messages a second to every client ([`chat`]).
+//!
+//! The chat modes take several URLs (nodes of one room; clients spread
+//! round-robin) and speak `ferrows serve chat`'s format or Socket.IO
+//! (`--protocol`, [`wire`]).
 //!
 //! With `--server-pid`, the server's CPU time (and for `--idle` its memory)
-//! over the measured window comes from `/proc`. `--json` prints one line
+//! over the measured window comes from `/proc`; the chat modes take it
+//! repeatedly (every node and Redis) and sum it. `--json` prints one line
 //! for scripts (`scripts/bench-peers` collects them).
 
 mod broadcast;
+mod chat;
 mod echo;
 mod idle;
 mod payload;
 mod pool;
 mod stats;
 mod sys;
+mod wire;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -35,14 +44,17 @@ use serde_json::{Value, json};
 
 use self::payload::{Content, Kind};
 use self::stats::{Summary, fmt_count, fmt_rate, fmt_us};
+use self::wire::Protocol;
 
 /// `ferrows bench`.
 #[derive(Args, Debug)]
 pub(crate) struct BenchArgs {
-    /// The server to load: ws://HOST:PORT/PATH or wss://…
-    #[arg(value_name = "URL")]
-    url: String,
-    /// Connections to open (with --broadcast: clients, the sender included)
+    /// The server to load: ws://HOST:PORT/PATH or wss://…; with --broadcast
+    /// or --chat-rate, several (nodes of one room): clients round-robin
+    #[arg(value_name = "URL", required = true, num_args = 1..)]
+    urls: Vec<String>,
+    /// Connections to open (with --broadcast and --chat-rate: clients,
+    /// senders included)
     #[arg(long, short = 'c', value_name = "N", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     conns: u64,
@@ -79,9 +91,10 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     compress: bool,
     /// Measure this server process too: CPU time per message, and for
-    /// --idle memory per connection (Linux /proc)
+    /// --idle memory per connection (Linux /proc); with --broadcast and
+    /// --chat-rate repeatable (every node and redis-server), CPU summed
     #[arg(long, value_name = "PID")]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
     /// Print one JSON line instead of the report
     #[arg(long)]
     json: bool,
@@ -90,7 +103,7 @@ pub(crate) struct BenchArgs {
     threads: Option<u64>,
     /// Open N idle connections, hold them, report handshakes/s and the
     /// server's memory per connection
-    #[arg(long, value_name = "N", conflicts_with_all = ["broadcast", "rate", "pipeline", "conns"],
+    #[arg(long, value_name = "N", conflicts_with_all = ["broadcast", "chat_rate", "rate", "pipeline", "conns"],
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     idle: Option<u64>,
     /// How long --idle holds the connections open
@@ -107,9 +120,26 @@ pub(crate) struct BenchArgs {
     /// Against a chat server (`ferrows serve chat`): connect --conns
     /// clients, then this many times one client sends and the time until
     /// the last client has its `msg:` copy is measured
-    #[arg(long, value_name = "ROUNDS", conflicts_with_all = ["rate", "pipeline"],
+    #[arg(long, value_name = "ROUNDS", conflicts_with_all = ["rate", "pipeline", "chat_rate"],
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     broadcast: Option<u64>,
+    /// Open-loop chat: --senders clients together send this many messages
+    /// a second on a fixed schedule to a chat room; every client receives
+    /// every copy; measures schedule → last copy (overall and per URL),
+    /// delivered copies/s, missing and duplicate copies
+    #[arg(long, value_name = "MSGS/S", conflicts_with_all = ["rate", "pipeline"],
+          value_parser = parse_rate)]
+    chat_rate: Option<f64>,
+    /// With --chat-rate: how many clients send (the first ones, spread
+    /// over the URLs like every client)
+    #[arg(long, value_name = "K", default_value_t = 1, requires = "chat_rate",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    senders: u64,
+    /// The chat wire format of --broadcast and --chat-rate: `ferrows`
+    /// (text `hello` → `msg:hello` to all) or `socketio` (Socket.IO 4,
+    /// Engine.IO v4 over WebSocket at /socket.io/, event `msg`)
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "ferrows")]
+    protocol: Protocol,
     /// Time allowed after the run for outstanding echoes (and, with
     /// --broadcast, for each broadcast to arrive)
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
@@ -183,9 +213,26 @@ fn to_usize(n: u64) -> usize {
 /// Setup failures (a bad URL, an unreadable --server-pid); failures during
 /// the run are reported in its output and the exit status.
 pub(crate) async fn bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    ferrows::WsUrl::parse(&args.url).map_err(|e| anyhow::anyhow!("{}: {e}", args.url))?;
-    if let Some(pid) = args.server_pid {
+    for url in &args.urls {
+        ferrows::WsUrl::parse(&args.protocol.endpoint(url))
+            .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    }
+    for &pid in &args.server_pid {
         sys::check_pid(pid)?;
+    }
+    let chat_mode = args.broadcast.is_some() || args.chat_rate.is_some();
+    if !chat_mode {
+        if args.urls.len() > 1 {
+            anyhow::bail!(
+                "several URLs are for --broadcast and --chat-rate (nodes of one chat room)"
+            );
+        }
+        if args.server_pid.len() > 1 {
+            anyhow::bail!("--server-pid is repeatable only with --broadcast and --chat-rate");
+        }
+        if args.protocol != Protocol::Ferrows {
+            anyhow::bail!("--protocol socketio is for --broadcast and --chat-rate");
+        }
     }
     let nofile = sys::raise_nofile_limit();
     let conns = to_usize(args.idle.unwrap_or(args.conns));
@@ -213,7 +260,9 @@ pub(crate) async fn bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let mut common = json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "url": args.url,
+        "url": args.url(),
+        "urls": args.urls,
+        "protocol": args.protocol.name(),
         "threads": threads,
         "seed": seed,
         "nofile_limit": nofile,
@@ -237,6 +286,8 @@ pub(crate) async fn bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
             &mut common,
         )
         .await?
+    } else if let Some(rate) = args.chat_rate {
+        run_chat(&args, rate, threads, seed, &progress, &mut common).await?
     } else {
         run_echo(&args, threads, seed, &progress, &mut common).await?
     };
@@ -245,6 +296,18 @@ pub(crate) async fn bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+impl BenchArgs {
+    /// The first URL (the only one outside the chat modes).
+    fn url(&self) -> String {
+        self.urls.first().cloned().unwrap_or_default()
+    }
+
+    /// The first --server-pid (the only one outside the chat modes).
+    fn first_pid(&self) -> Option<u32> {
+        self.server_pid.first().copied()
+    }
 }
 
 fn clock_seed() -> u64 {
@@ -359,7 +422,7 @@ async fn run_echo(
     let conns = to_usize(args.conns);
     let kind = if args.text { Kind::Text } else { Kind::Binary };
     let plan = echo::EchoPlan {
-        url: args.url.clone(),
+        url: args.url(),
         conns,
         size,
         kind,
@@ -373,7 +436,7 @@ async fn run_echo(
         handshake_concurrency: to_usize(args.handshake_concurrency),
         config: client_config(size, pipeline, args.compress),
         seed,
-        server_pid: args.server_pid,
+        server_pid: args.first_pid(),
     };
     progress.set_style(bar_style("{spinner} {wide_bar} {msg}"));
     let mut tick = |phase: echo::Phase, echoes: u64| match phase {
@@ -397,7 +460,7 @@ async fn run_echo(
     };
     let mbps = rate * size as f64 / 1e6;
     let client_cpu_pct = out.client_cpu.map(|c| c.as_secs_f64() / secs * 100.0);
-    let server = args.server_pid.map(|pid| {
+    let server = args.first_pid().map(|pid| {
         let cpu = out.server_cpu.map(|c| c.as_secs_f64());
         json!({
             "pid": pid,
@@ -444,7 +507,7 @@ async fn run_echo(
     };
     report.push(format!(
         "ferrows bench {}: {conns} connections, {load}, {size} B {kind_name} ({content_name}){}, {:.1} s warm-up + {:.1} s measured, {threads} generator thread{}",
-        args.url,
+        args.url(),
         if args.compress { ", compression offered" } else { "" },
         args.warmup.as_secs_f64(),
         args.duration.as_secs_f64(),
@@ -479,7 +542,7 @@ async fn run_echo(
                 }
             ));
         }
-        if let (Some(pid), Some(cpu)) = (args.server_pid, out.server_cpu) {
+        if let (Some(pid), Some(cpu)) = (args.first_pid(), out.server_cpu) {
             let c = cpu.as_secs_f64();
             let per = if out.messages > 0 {
                 format!(" = {:.0} ns per message", c * 1e9 / out.messages as f64)
@@ -521,7 +584,7 @@ async fn run_idle(
     common: &mut Value,
 ) -> anyhow::Result<bool> {
     let plan = idle::IdlePlan {
-        url: args.url.clone(),
+        url: args.url(),
         conns,
         hold: args.hold,
         threads,
@@ -529,7 +592,7 @@ async fn run_idle(
         message: args.idle_message,
         config: client_config(16, 1, args.compress),
         seed,
-        server_pid: args.server_pid,
+        server_pid: args.first_pid(),
     };
     progress.set_length(conns as u64);
     progress.set_style(bar_style("{spinner} {wide_bar} {pos}/{len} {msg}"));
@@ -551,7 +614,7 @@ async fn run_idle(
         .handshake_client_cpu
         .filter(|_| phase > 0.0)
         .map(|c| c.as_secs_f64() / phase * 100.0);
-    let server = args.server_pid.map(|pid| {
+    let server = args.first_pid().map(|pid| {
         json!({
             "pid": pid,
             "rss_before_kib": out.rss_before.map(|r| r.current_kib),
@@ -583,7 +646,7 @@ async fn run_idle(
     );
     let mut report = vec![format!(
         "ferrows bench {} --idle {conns}: {} handshakes at once, held {:.1} s, {threads} generator thread{}",
-        args.url,
+        args.url(),
         args.handshake_concurrency,
         args.hold.as_secs_f64(),
         if threads == 1 { "" } else { "s" },
@@ -607,7 +670,8 @@ async fn run_idle(
             }
         ));
     }
-    if let (Some(pid), Some(before), Some(after)) = (args.server_pid, out.rss_before, out.rss_after)
+    if let (Some(pid), Some(before), Some(after)) =
+        (args.first_pid(), out.rss_before, out.rss_after)
     {
         report.push(format!(
             "server       pid {pid}: RSS {} KiB before, {} KiB with {} connections open{}",
@@ -635,7 +699,8 @@ async fn run_broadcast(
 ) -> anyhow::Result<bool> {
     let conns = to_usize(args.conns);
     let plan = broadcast::BroadcastPlan {
-        url: args.url.clone(),
+        urls: args.urls.clone(),
+        protocol: args.protocol,
         conns,
         rounds,
         threads,
@@ -644,7 +709,7 @@ async fn run_broadcast(
         round_timeout: args.timeout,
         settle_timeout: args.timeout.max(Duration::from_secs(120)),
         run_id: seed,
-        server_pid: args.server_pid,
+        server_pids: args.server_pid.clone(),
     };
     progress.set_style(bar_style("{spinner} {msg}"));
     let mut tick = |phase: &str, n: u64| {
@@ -653,10 +718,7 @@ async fn run_broadcast(
     };
     let out = broadcast::run(plan, &mut tick).await?;
     let copies = out.rounds_complete as u64 * conns as u64;
-    let cpu_per_copy = out
-        .server_cpu
-        .filter(|_| copies > 0)
-        .map(|c| c.as_secs_f64() * 1e9 / copies as f64);
+    let (server, servers, cpu_per_copy) = servers_json(&args.server_pid, &out.server_cpu, copies);
     merge(
         common,
         json!({
@@ -672,18 +734,17 @@ async fn run_broadcast(
             "rounds_incomplete": out.rounds_incomplete,
             "copies_missing": out.copies_missing,
             "duplicates": out.duplicates,
-            "server": args.server_pid.map(|pid| json!({
-                "pid": pid,
-                "cpu_s": out.server_cpu.map(|c| c.as_secs_f64()),
-                "cpu_ns_per_copy": cpu_per_copy,
-            })),
+            "nodes": nodes_json(&args.urls, &nodes_of(&args.urls, conns), &out.node_last_copy),
+            "server": server,
+            "servers": servers,
             "errors": errors_json(&out.errors),
             "ok": !out.failed(),
         }),
     );
     let mut report = vec![format!(
-        "ferrows bench {} --broadcast {rounds}: {conns} clients, {threads} generator thread{}",
-        args.url,
+        "ferrows bench {} --broadcast {rounds}: {conns} clients{}, {threads} generator thread{}",
+        args.urls.join(" "),
+        protocol_note(args.protocol),
         if threads == 1 { "" } else { "s" },
     )];
     report.push(format!(
@@ -707,8 +768,243 @@ async fn run_broadcast(
     if let Some(l) = &out.first_copy {
         report.push(latency_line("first copy", l));
     }
-    if let Some(ns) = cpu_per_copy {
-        report.push(format!("server CPU   {ns:.0} ns per copy delivered"));
+    node_lines(&args.urls, &out.node_last_copy, &mut report);
+    server_lines(&args.server_pid, &out.server_cpu, cpu_per_copy, &mut report);
+    if out.duplicates > 0 {
+        report.push(format!(
+            "ERROR        {} copies arrived twice",
+            out.duplicates
+        ));
+    }
+    errors_report(&out.errors, &mut report);
+    emit(args, progress, common, &report);
+    Ok(!out.failed())
+}
+
+/// Clients of each URL when `conns` are spread round-robin.
+fn nodes_of(urls: &[String], conns: usize) -> Vec<usize> {
+    let n = urls.len().max(1);
+    (0..n).map(|i| (i..conns).step_by(n).count()).collect()
+}
+
+fn nodes_json(urls: &[String], clients: &[usize], last: &[Option<Summary>]) -> Value {
+    Value::Array(
+        urls.iter()
+            .enumerate()
+            .map(|(i, url)| {
+                json!({
+                    "url": url,
+                    "clients": clients.get(i),
+                    "last_copy_us": summary_json(last.get(i).and_then(Option::as_ref)),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The `server` object (all measured processes summed; `pid` the first),
+/// the `servers` list (each process), and CPU ns per copy.
+fn servers_json(
+    pids: &[u32],
+    spent: &[Option<Duration>],
+    copies: u64,
+) -> (Value, Value, Option<f64>) {
+    let total = sys::cpu_total(spent);
+    let per_copy = total
+        .filter(|_| copies > 0)
+        .map(|c| c.as_secs_f64() * 1e9 / copies as f64);
+    let server = pids.first().map_or(Value::Null, |&pid| {
+        json!({
+            "pid": pid,
+            "cpu_s": total.map(|c| c.as_secs_f64()),
+            "cpu_ns_per_copy": per_copy,
+        })
+    });
+    let servers = pids
+        .iter()
+        .enumerate()
+        .map(|(i, &pid)| {
+            let cpu = spent.get(i).copied().flatten();
+            json!({
+                "pid": pid,
+                "name": sys::process_name(pid),
+                "cpu_s": cpu.map(|c| c.as_secs_f64()),
+                "cpu_ns_per_copy": cpu
+                    .filter(|_| copies > 0)
+                    .map(|c| c.as_secs_f64() * 1e9 / copies as f64),
+            })
+        })
+        .collect();
+    (server, Value::Array(servers), per_copy)
+}
+
+fn protocol_note(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Ferrows => "",
+        Protocol::Socketio => " (Socket.IO)",
+    }
+}
+
+fn node_lines(urls: &[String], last: &[Option<Summary>], out: &mut Vec<String>) {
+    if urls.len() < 2 {
+        return;
+    }
+    for (url, s) in urls.iter().zip(last) {
+        if let Some(s) = s {
+            out.push(latency_line("  on node", s).replacen("on node", &format!("{url}:"), 1));
+        }
+    }
+}
+
+fn server_lines(
+    pids: &[u32],
+    spent: &[Option<Duration>],
+    per_copy: Option<f64>,
+    out: &mut Vec<String>,
+) {
+    for (i, &pid) in pids.iter().enumerate() {
+        if let Some(c) = spent.get(i).copied().flatten() {
+            out.push(format!(
+                "server       pid {pid} ({}): {:.2} s CPU",
+                sys::process_name(pid).unwrap_or_default(),
+                c.as_secs_f64()
+            ));
+        }
+    }
+    if let Some(ns) = per_copy {
+        out.push(format!(
+            "server CPU   {ns:.0} ns per copy delivered{}",
+            if pids.len() > 1 {
+                " (all measured processes)"
+            } else {
+                ""
+            }
+        ));
+    }
+}
+
+async fn run_chat(
+    args: &BenchArgs,
+    rate: f64,
+    threads: usize,
+    seed: u64,
+    progress: &ProgressBar,
+    common: &mut Value,
+) -> anyhow::Result<bool> {
+    let conns = to_usize(args.conns);
+    let senders = to_usize(args.senders);
+    let plan = chat::ChatPlan {
+        urls: args.urls.clone(),
+        protocol: args.protocol,
+        conns,
+        senders,
+        rate,
+        warmup: args.warmup,
+        duration: args.duration,
+        grace: args.timeout,
+        settle_timeout: args.timeout,
+        threads,
+        handshake_concurrency: to_usize(args.handshake_concurrency),
+        // Clients must keep up with the room, not throttle it.
+        config: client_config(64, 1, args.compress).write_high_water_mark(1 << 20),
+        run_id: seed,
+        server_pids: args.server_pid.clone(),
+    };
+    plan.check()?;
+    progress.set_style(bar_style("{spinner} {msg}"));
+    let mut tick = |phase: &str, n: u64| {
+        progress.set_message(format!("{phase}: {n}"));
+        progress.tick();
+    };
+    let out = chat::run(plan, &mut tick).await?;
+    let secs = args.duration.as_secs_f64();
+    let window = out.window.as_secs_f64();
+    let copies_per_s = out.measured_copies as f64 / secs;
+    let (server, servers, cpu_per_copy) =
+        servers_json(&args.server_pid, &out.server_cpu, out.window_copies);
+    let client_cpu_pct = out
+        .client_cpu
+        .filter(|_| window > 0.0)
+        .map(|c| c.as_secs_f64() / window * 100.0);
+    let saturated = client_cpu_pct.is_some_and(|p| p >= 90.0 * threads as f64);
+    merge(
+        common,
+        json!({
+            "mode": "chat",
+            "conns": conns,
+            "senders": senders,
+            "chat_rate": rate,
+            "warmup_s": args.warmup.as_secs_f64(),
+            "duration_s": secs,
+            "connected": out.connected,
+            "connect_s": out.connect_phase.as_secs_f64(),
+            "settle_s": out.settle.as_secs_f64(),
+            "messages_sent": out.sent,
+            "messages_measured": out.measured,
+            "messages_incomplete": out.incomplete,
+            "copies_delivered": out.measured_copies,
+            "copies_per_s": copies_per_s,
+            "copies_missing": out.copies_missing,
+            "duplicates": out.duplicates,
+            "last_copy_us": summary_json(out.last_copy.as_ref()),
+            "send_lag_us": summary_json(out.send_lag.as_ref()),
+            "nodes": nodes_json(&args.urls, &out.node_clients, &out.node_last_copy),
+            "client_cpu_pct": client_cpu_pct,
+            "generator_saturated": saturated,
+            "cpu_window_s": window,
+            "cpu_window_copies": out.window_copies,
+            "server": server,
+            "servers": servers,
+            "errors": errors_json(&out.errors),
+            "ok": !out.failed(),
+        }),
+    );
+    let mut report = vec![format!(
+        "ferrows bench {} --chat-rate {rate}{}: {conns} clients, {senders} sender{}, {:.1} s warm-up + {secs:.1} s measured, {threads} generator thread{}",
+        args.urls.join(" "),
+        protocol_note(args.protocol),
+        if senders == 1 { "" } else { "s" },
+        args.warmup.as_secs_f64(),
+        if threads == 1 { "" } else { "s" },
+    )];
+    report.push(format!(
+        "clients      {} connected in {:.2} s; first message everywhere after {:.2} s more",
+        fmt_count(out.connected as u64),
+        out.connect_phase.as_secs_f64(),
+        out.settle.as_secs_f64()
+    ));
+    report.push(format!(
+        "messages     {} sent, {} measured: {} copies delivered = {} copies/s",
+        fmt_count(out.sent),
+        fmt_count(out.measured),
+        fmt_count(out.measured_copies),
+        fmt_rate(copies_per_s)
+    ));
+    if let Some(l) = &out.last_copy {
+        report.push(latency_line("last copy", l));
+    }
+    node_lines(&args.urls, &out.node_last_copy, &mut report);
+    if let Some(l) = &out.send_lag {
+        report.push(latency_line("send lag", l));
+    }
+    if let Some(pct) = client_cpu_pct {
+        report.push(format!(
+            "generator    CPU {pct:.0} % ({threads} thread{}){}",
+            if threads == 1 { "" } else { "s" },
+            if saturated {
+                ": saturated, the servers may be faster than this shows"
+            } else {
+                ""
+            }
+        ));
+    }
+    server_lines(&args.server_pid, &out.server_cpu, cpu_per_copy, &mut report);
+    if out.copies_missing > 0 {
+        report.push(format!(
+            "ERROR        {} copies missing ({} messages did not reach every client)",
+            fmt_count(out.copies_missing),
+            fmt_count(out.incomplete)
+        ));
     }
     if out.duplicates > 0 {
         report.push(format!(

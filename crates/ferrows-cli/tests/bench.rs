@@ -378,3 +378,236 @@ fn a_server_closing_mid_run_is_a_connection_error() {
     let first = j["errors"]["messages"][0].as_str().unwrap();
     assert!(first.contains("1011"), "{first}");
 }
+
+/// The chat-mode accounting of a JSON line: every measured message
+/// delivered to every client once.
+fn assert_chat_complete(j: &Value, conns: u64) {
+    assert_no_errors(j);
+    assert_eq!(j["mode"], "chat", "{j}");
+    assert_eq!(j["connected"], conns, "{j}");
+    let measured = j["messages_measured"].as_u64().unwrap();
+    assert!(measured > 0, "{j}");
+    assert_eq!(
+        j["copies_delivered"].as_u64().unwrap(),
+        measured * conns,
+        "{j}"
+    );
+    assert_eq!(j["copies_missing"], 0, "{j}");
+    assert_eq!(j["duplicates"], 0, "{j}");
+    assert_eq!(
+        j["last_copy_us"]["count"].as_u64().unwrap(),
+        measured,
+        "{j}"
+    );
+    assert!(j["copies_per_s"].as_f64().unwrap() > 0.0, "{j}");
+}
+
+#[test]
+fn chat_open_loop_against_serve_chat() {
+    let server = Server::start(&["serve", "chat", "--tick", "0", "--no-compression"]);
+    let pid = server.pid();
+    // 4 senders × 25 msg/s: under serve chat's default per-client limit.
+    let (code, j) = bench(&[
+        &server.url(),
+        "--conns",
+        "20",
+        "--chat-rate",
+        "100",
+        "--senders",
+        "4",
+        "--warmup",
+        "0.5",
+        "--duration",
+        "2",
+        "--server-pid",
+        &pid,
+    ]);
+    assert_eq!(code, 0, "{j}");
+    assert_chat_complete(&j, 20);
+    // 100 msg/s for 2.5 s, of which 2 s measured.
+    assert_eq!(j["messages_sent"], 250, "{j}");
+    assert_eq!(j["messages_measured"], 200, "{j}");
+    assert_eq!(j["senders"], 4);
+    assert_eq!(j["nodes"].as_array().unwrap().len(), 1);
+    assert!(j["server"]["cpu_s"].as_f64().is_some(), "{j}");
+    assert_eq!(j["servers"][0]["name"], "ferrows", "{j}");
+    // Latency counts from the schedule: p50 ≤ p99 ≤ max.
+    let l = &j["last_copy_us"];
+    assert!(l["p50_us"].as_f64().unwrap() <= l["p99_us"].as_f64().unwrap());
+    assert!(l["p99_us"].as_f64().unwrap() <= l["max_us"].as_f64().unwrap());
+}
+
+/// Two separate `serve chat` processes are two rooms: with clients and
+/// senders spread round-robin, each message reaches exactly the clients of
+/// its sender's server, so the missing copies tell the spread exactly.
+#[test]
+fn several_urls_spread_clients_and_senders() {
+    let a = Server::start(&["serve", "chat", "--tick", "0", "--no-compression"]);
+    let b = Server::start(&["serve", "chat", "--tick", "0", "--no-compression"]);
+    let (pa, pb) = (a.pid(), b.pid());
+    // The unmeasured first message comes from client 0 (on a) and cannot
+    // reach b's clients: the run must stop there with b's clients stalled.
+    let (code, j) = bench(&[
+        &a.url(),
+        &b.url(),
+        "--conns",
+        "10",
+        "--chat-rate",
+        "20",
+        "--senders",
+        "2",
+        "--duration",
+        "1",
+        "--timeout",
+        "2",
+        "--server-pid",
+        &pa,
+        "--server-pid",
+        &pb,
+    ]);
+    assert_eq!(code, 1, "{j}");
+    assert_eq!(j["connected"], 10, "{j}");
+    assert_eq!(j["errors"]["stalled"], 5, "{j}");
+    assert_eq!(j["nodes"][0]["clients"], 5, "{j}");
+    assert_eq!(j["nodes"][1]["clients"], 5, "{j}");
+    assert_eq!(j["urls"].as_array().unwrap().len(), 2);
+
+    // One server under two paths (serve chat has its room on every path)
+    // is one room: everything arrives, and each path's clients get a
+    // last-copy figure of their own.
+    let one = format!("ws://{}/", a.addr);
+    let other = format!("ws://{}/other", a.addr);
+    let (code, j) = bench(&[
+        &one,
+        &other,
+        "--conns",
+        "10",
+        "--chat-rate",
+        "40",
+        "--senders",
+        "2",
+        "--warmup",
+        "0.5",
+        "--duration",
+        "1",
+        "--server-pid",
+        &pa,
+        "--server-pid",
+        &pb,
+    ]);
+    assert_eq!(code, 0, "{j}");
+    assert_chat_complete(&j, 10);
+    let measured = j["messages_measured"].as_u64().unwrap();
+    for node in j["nodes"].as_array().unwrap() {
+        assert_eq!(node["clients"], 5, "{j}");
+        assert_eq!(
+            node["last_copy_us"]["count"].as_u64().unwrap(),
+            measured,
+            "{j}"
+        );
+    }
+    assert_eq!(j["servers"].as_array().unwrap().len(), 2, "{j}");
+
+    // --broadcast spreads the same way.
+    let (code, j) = bench(&[&one, &other, "--conns", "9", "--broadcast", "3"]);
+    assert_eq!(code, 0, "{j}");
+    assert_eq!(j["rounds_complete"], 3, "{j}");
+    assert_eq!(j["nodes"][0]["clients"], 5, "{j}");
+    assert_eq!(j["nodes"][1]["clients"], 4, "{j}");
+    assert_eq!(j["nodes"][1]["last_copy_us"]["count"], 3, "{j}");
+}
+
+/// A Socket.IO 4.8 server (bench/peers/node/socketio-chat.js, no adapter)
+/// on a free loopback port; killed on drop. Needs `npm ci` in
+/// bench/peers/node (.ci/run does it): fails, never skips, without it.
+struct SocketIo {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl SocketIo {
+    fn start() -> SocketIo {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/peers/node");
+        assert!(
+            std::path::Path::new(dir)
+                .join("node_modules/socket.io/package.json")
+                .exists(),
+            "socket.io is not installed: run `npm ci` in bench/peers/node"
+        );
+        let mut child = Command::new("node")
+            .arg(format!("{dir}/socketio-chat.js"))
+            .args(["0", "none"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start node (Node.js is required)");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some((_, addr)) = line.split_once("listening on ") {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let listening = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the Socket.IO server says where it listens");
+        SocketIo {
+            child,
+            addr: listening.parse().expect("a socket address"),
+        }
+    }
+}
+
+impl Drop for SocketIo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn socketio_protocol_against_a_real_socket_io_server() {
+    let server = SocketIo::start();
+    let url = format!("ws://{}/", server.addr);
+    let pid = server.child.id().to_string();
+    let (code, j) = bench(&[
+        &url,
+        "--protocol",
+        "socketio",
+        "--conns",
+        "10",
+        "--chat-rate",
+        "50",
+        "--senders",
+        "2",
+        "--warmup",
+        "0.5",
+        "--duration",
+        "1",
+        "--server-pid",
+        &pid,
+    ]);
+    assert_eq!(code, 0, "{j}");
+    assert_chat_complete(&j, 10);
+    assert_eq!(j["protocol"], "socketio");
+    assert_eq!(j["servers"][0]["name"], "node", "{j}");
+    let (code, j) = bench(&[
+        &url,
+        "--protocol",
+        "socketio",
+        "--conns",
+        "10",
+        "--broadcast",
+        "5",
+    ]);
+    assert_eq!(code, 0, "{j}");
+    assert_eq!(j["rounds_complete"], 5, "{j}");
+    // The ferrows wire format against a Socket.IO server gets no chat
+    // copies: the run fails instead of measuring nothing.
+    let (code, j) = bench(&[&url, "--conns", "2", "--broadcast", "1", "--timeout", "1"]);
+    assert_ne!(code, 0, "{j}");
+}

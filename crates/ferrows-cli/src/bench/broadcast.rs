@@ -8,6 +8,11 @@
 //! the server has delivered everything queued before (a chat server
 //! announces each join to everyone). Then each measured round starts when
 //! the previous one has reached every client.
+//!
+//! With several URLs (nodes of one room), client `c` connects to URL
+//! `c mod n` (the sender is client 0, on the first); the last copy is also
+//! measured per node. `--protocol socketio` speaks Socket.IO instead
+//! ([`super::wire`]).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -15,20 +20,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ferrows::{Config, Message};
+use ferrows::Config;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
 
 use super::echo::Errors;
-use super::pool::{self, Ws};
+use super::pool;
 use super::stats::{Latencies, Summary};
 use super::sys;
+use super::wire::{ChatConn, Protocol, Received};
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub(crate) struct BroadcastPlan {
-    /// Chat server URL.
-    pub(crate) url: String,
+    /// Chat server URLs (nodes of one room); clients round-robin.
+    pub(crate) urls: Vec<String>,
+    /// The wire format.
+    pub(crate) protocol: Protocol,
     /// Clients, the sender included.
     pub(crate) conns: usize,
     /// Measured broadcasts.
@@ -46,8 +54,8 @@ pub(crate) struct BroadcastPlan {
     pub(crate) settle_timeout: Duration,
     /// Tells this run's messages from anyone else's.
     pub(crate) run_id: u64,
-    /// Server process to measure.
-    pub(crate) server_pid: Option<u32>,
+    /// Server processes to measure (their CPU times are summed).
+    pub(crate) server_pids: Vec<u32>,
 }
 
 /// What a run measured.
@@ -64,6 +72,8 @@ pub(crate) struct BroadcastOutcome {
     pub(crate) last_copy: Option<Summary>,
     /// Send to the first client's copy, per round.
     pub(crate) first_copy: Option<Summary>,
+    /// Send to the last copy among the clients of each URL, per round.
+    pub(crate) node_last_copy: Vec<Option<Summary>>,
     /// Rounds that reached every client in time.
     pub(crate) rounds_complete: usize,
     /// Rounds that did not.
@@ -72,8 +82,8 @@ pub(crate) struct BroadcastOutcome {
     pub(crate) copies_missing: u64,
     /// Copies received twice.
     pub(crate) duplicates: u64,
-    /// The server's CPU time over the measured rounds.
-    pub(crate) server_cpu: Option<Duration>,
+    /// Each server's CPU time over the measured rounds.
+    pub(crate) server_cpu: Vec<Option<Duration>>,
     /// What went wrong.
     pub(crate) errors: Errors,
 }
@@ -90,6 +100,8 @@ struct Slot {
     count: AtomicUsize,
     first_ns: AtomicU64,
     last_ns: AtomicU64,
+    /// The last arrival among the clients of each URL.
+    node_last_ns: Vec<AtomicU64>,
 }
 
 struct Shared {
@@ -113,7 +125,7 @@ impl Shared {
 
     /// Records a copy of round `r` arriving now; `seen` is the receiving
     /// client's record of rounds received. Returns false for a duplicate.
-    fn arrived(&self, r: usize, seen: &mut [bool]) -> bool {
+    fn arrived(&self, r: usize, node: usize, seen: &mut [bool]) -> bool {
         let Some(flag) = seen.get_mut(r) else {
             return true;
         };
@@ -127,6 +139,9 @@ impl Shared {
         let ns = self.now_ns();
         slot.first_ns.fetch_min(ns, Ordering::AcqRel);
         slot.last_ns.fetch_max(ns, Ordering::AcqRel);
+        if let Some(last) = slot.node_last_ns.get(node) {
+            last.fetch_max(ns, Ordering::AcqRel);
+        }
         if slot.count.fetch_add(1, Ordering::AcqRel) + 1 >= self.plan.conns {
             self.notify.notify_one();
         }
@@ -162,6 +177,7 @@ pub(crate) async fn run(
                 count: AtomicUsize::new(0),
                 first_ns: AtomicU64::new(u64::MAX),
                 last_ns: AtomicU64::new(0),
+                node_last_ns: plan.urls.iter().map(|_| AtomicU64::new(0)).collect(),
             })
             .collect(),
         connected: AtomicUsize::new(0),
@@ -178,15 +194,17 @@ pub(crate) async fn run(
     let workers = tokio::spawn(pool::run_workers(threads, move |i| {
         worker(i, threads, receivers, for_workers.clone())
     }));
-    let mut sender = match pool::connect(&shared.plan.url, &shared.plan.config, &shared.gate).await
-    {
-        Ok((ws, _)) => Some(ws),
-        Err(e) => {
-            outcome.errors.connect_failures += 1;
-            outcome.errors.note(format!("sender: cannot connect: {e}"));
-            None
-        }
-    };
+    let plan = &shared.plan;
+    let first_url = plan.urls.first().map_or("", String::as_str);
+    let mut sender =
+        match ChatConn::connect(first_url, plan.protocol, &plan.config, &shared.gate).await {
+            Ok(ws) => Some(ws),
+            Err(e) => {
+                outcome.errors.connect_failures += 1;
+                outcome.errors.note(format!("sender: cannot connect: {e}"));
+                None
+            }
+        };
     let mut seen = vec![false; shared.slots.len()];
     loop {
         let notified = shared.notify.notified();
@@ -200,7 +218,7 @@ pub(crate) async fn run(
             tokio::select! {
                 () = notified => {}
                 () = tokio::time::sleep(Duration::from_millis(250)) => {}
-                item = ws.recv() => if let Err(e) = handle(&shared, item, &mut seen, &mut outcome.duplicates) {
+                item = ws.recv() => if let Err(e) = handle(&shared, item, 0, &mut seen, &mut outcome.duplicates) {
                     outcome.errors.connection_errors += 1;
                     outcome.errors.note(format!("sender: {e}"));
                     sender = None;
@@ -216,6 +234,8 @@ pub(crate) async fn run(
     if let (Some(ws), 0) = (sender.as_mut(), shared.failed.load(Ordering::Acquire)) {
         let mut last_copy = Latencies::new();
         let mut first_copy = Latencies::new();
+        let mut node_last: Vec<Latencies> =
+            shared.plan.urls.iter().map(|_| Latencies::new()).collect();
         let mut cpu_start = None;
         for r in 0..shared.slots.len() {
             tick(if r == 0 { "settling" } else { "broadcasting" }, r as u64);
@@ -226,7 +246,7 @@ pub(crate) async fn run(
             };
             let sent_ns = shared.now_ns();
             let sent = Instant::now();
-            if let Err(e) = ws.send(format!("{body}{r}")).await {
+            if let Err(e) = ws.send(&format!("{body}{r}")).await {
                 outcome.errors.connection_errors += 1;
                 outcome.errors.note(format!("sender: {e}"));
                 break;
@@ -253,10 +273,7 @@ pub(crate) async fn run(
             };
             if r == 0 {
                 outcome.settle = sent.elapsed();
-                cpu_start = shared
-                    .plan
-                    .server_pid
-                    .and_then(|p| sys::process_cpu_time(p).ok());
+                cpu_start = Some(sys::cpu_times(&shared.plan.server_pids));
                 if !complete {
                     outcome.rounds_incomplete += 1;
                     outcome.errors.note(format!(
@@ -274,24 +291,29 @@ pub(crate) async fn run(
                 let ns = |v: u64| Duration::from_nanos(v.saturating_sub(sent_ns));
                 last_copy.record(ns(slot.last_ns.load(Ordering::Acquire)));
                 first_copy.record(ns(slot.first_ns.load(Ordering::Acquire)));
+                for (h, last) in node_last.iter_mut().zip(&slot.node_last_ns) {
+                    let at = last.load(Ordering::Acquire);
+                    if at > 0 {
+                        h.record(ns(at));
+                    }
+                }
             } else {
                 outcome.rounds_incomplete += 1;
                 let got = slot.count.load(Ordering::Acquire);
                 outcome.copies_missing += shared.plan.conns.saturating_sub(got) as u64;
             }
         }
-        let cpu_end = shared
-            .plan
-            .server_pid
-            .and_then(|p| sys::process_cpu_time(p).ok());
-        outcome.server_cpu = cpu_end.zip(cpu_start).map(|(b, a)| b.saturating_sub(a));
+        if let Some(start) = cpu_start {
+            outcome.server_cpu = sys::cpu_spent(&start, &sys::cpu_times(&shared.plan.server_pids));
+        }
+        outcome.node_last_copy = node_last.iter().map(Latencies::summary).collect();
         outcome.last_copy = last_copy.summary();
         outcome.first_copy = first_copy.summary();
     }
 
     let _ = stop_tx.send(true);
     if let Some(mut ws) = sender {
-        let _ = tokio::time::timeout(Duration::from_secs(5), ws.close(1000, "bench done")).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), ws.close()).await;
     }
     for stats in workers.await?? {
         outcome.duplicates += stats.duplicates;
@@ -304,7 +326,7 @@ pub(crate) async fn run(
 /// `deadline` passes; returns whether it did.
 async fn wait_round(
     shared: &Shared,
-    ws: &mut Ws,
+    ws: &mut ChatConn,
     r: usize,
     deadline: Instant,
     seen: &mut [bool],
@@ -321,32 +343,27 @@ async fn wait_round(
         tokio::select! {
             () = notified => {}
             () = tokio::time::sleep_until(deadline) => return Ok(false),
-            item = ws.recv() => handle(shared, item, seen, duplicates)?,
+            item = ws.recv() => handle(shared, item, 0, seen, duplicates)?,
         }
     }
 }
 
-/// Handles one item received by a client.
+/// Handles one item received by a client of URL `node`.
 fn handle(
     shared: &Shared,
-    item: Option<ferrows::Result<Message>>,
+    item: Result<Received, String>,
+    node: usize,
     seen: &mut [bool],
     duplicates: &mut u64,
 ) -> Result<(), String> {
-    match item {
-        Some(Ok(Message::Text(text))) => {
-            if let Some(r) = shared.round_of(text.as_str()) {
-                if !shared.arrived(r, seen) {
-                    *duplicates += 1;
-                }
+    if let Received::Line(text) = item? {
+        if let Some(r) = shared.round_of(&text) {
+            if !shared.arrived(r, node, seen) {
+                *duplicates += 1;
             }
-            Ok(())
         }
-        Some(Ok(Message::Close(frame))) => Err(format!("closed by the server ({frame:?})")),
-        Some(Ok(_)) => Ok(()),
-        Some(Err(e)) => Err(e.to_string()),
-        None => Err("ended by the server".to_owned()),
     }
+    Ok(())
 }
 
 async fn worker(i: usize, threads: usize, receivers: usize, shared: Arc<Shared>) -> WorkerStats {
@@ -362,8 +379,10 @@ async fn worker(i: usize, threads: usize, receivers: usize, shared: Arc<Shared>)
 
 async fn receiver(c: usize, shared: Arc<Shared>, stats: Rc<RefCell<WorkerStats>>) {
     let plan = &shared.plan;
-    let mut ws = match pool::connect(&plan.url, &plan.config, &shared.gate).await {
-        Ok((ws, _)) => {
+    let node = c % plan.urls.len().max(1);
+    let url = plan.urls.get(node).map_or("", String::as_str);
+    let mut ws = match ChatConn::connect(url, plan.protocol, &plan.config, &shared.gate).await {
+        Ok(ws) => {
             shared.connected.fetch_add(1, Ordering::AcqRel);
             shared.notify.notify_one();
             ws
@@ -387,7 +406,7 @@ async fn receiver(c: usize, shared: Arc<Shared>, stats: Rc<RefCell<WorkerStats>>
         }
         tokio::select! {
             changed = stop.changed() => if changed.is_err() { break None },
-            item = ws.recv() => if let Err(e) = handle(&shared, item, &mut seen, &mut duplicates) {
+            item = ws.recv() => if let Err(e) = handle(&shared, item, node, &mut seen, &mut duplicates) {
                 break Some(e);
             },
         }
@@ -401,5 +420,5 @@ async fn receiver(c: usize, shared: Arc<Shared>, stats: Rc<RefCell<WorkerStats>>
             return;
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), ws.close(1000, "bench done")).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), ws.close()).await;
 }

@@ -89,6 +89,41 @@ fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The CPU time so far of each process in `pids` (`None` where it cannot
+/// be read, e.g. the process has exited).
+pub(crate) fn cpu_times(pids: &[u32]) -> Vec<Option<Duration>> {
+    pids.iter().map(|&p| process_cpu_time(p).ok()).collect()
+}
+
+/// The CPU time each process spent between two [`cpu_times`] samples.
+pub(crate) fn cpu_spent(
+    before: &[Option<Duration>],
+    after: &[Option<Duration>],
+) -> Vec<Option<Duration>> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| a.zip(*b).map(|(a, b)| a.saturating_sub(b)))
+        .collect()
+}
+
+/// The sum of per-process CPU times; `None` if any is unknown or there
+/// are none.
+pub(crate) fn cpu_total(spent: &[Option<Duration>]) -> Option<Duration> {
+    if spent.is_empty() {
+        return None;
+    }
+    spent
+        .iter()
+        .try_fold(Duration::ZERO, |sum, d| d.map(|d| sum + d))
+}
+
+/// The command name of process `pid` (`/proc/PID/comm`).
+pub(crate) fn process_name(pid: u32) -> Option<String> {
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(name.trim().to_owned())
+}
+
 /// Resident memory of process `pid`, from `/proc/PID/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Rss {
@@ -154,10 +189,25 @@ mod tests {
     }
 
     #[test]
+    fn cpu_sums() {
+        let s = Duration::from_secs;
+        let spent = cpu_spent(
+            &[Some(s(1)), Some(s(2)), None],
+            &[Some(s(3)), Some(s(2)), Some(s(9))],
+        );
+        assert_eq!(spent, vec![Some(s(2)), Some(s(0)), None]);
+        assert_eq!(cpu_total(&spent), None);
+        assert_eq!(cpu_total(spent.get(..2).unwrap()), Some(s(2)));
+        assert_eq!(cpu_total(&[]), None);
+    }
+
+    #[test]
     fn own_process_is_readable() {
         let pid = std::process::id();
         assert!(process_cpu_time(pid).is_ok());
         assert!(process_rss(pid).unwrap().current_kib > 0);
         assert!(raise_nofile_limit().is_some());
+        assert!(process_name(pid).is_some_and(|n| !n.is_empty()));
+        assert_eq!(cpu_times(&[pid]).len(), 1);
     }
 }
