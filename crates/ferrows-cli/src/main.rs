@@ -9,6 +9,7 @@ mod env;
 mod gamepad;
 mod heartbeat;
 mod hub;
+mod memtrim;
 mod net;
 mod pages;
 mod probe;
@@ -182,6 +183,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if matches!(cli.command, Command::Serve(_)) {
+        // Servers give freed heap back after a reconnect storm.
+        memtrim::start();
+    }
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
