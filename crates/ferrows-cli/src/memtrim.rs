@@ -15,8 +15,11 @@ use std::time::Duration;
 /// How often the heap is looked at.
 pub(crate) const INTERVAL: Duration = Duration::from_secs(2);
 
-/// Trim only when at least this much of the heap is free...
+/// Trim only when at least this much of the heap is free.
 const MIN_FREE: usize = 1 << 20;
+
+/// After a trim, trim again once the heap has changed by this much.
+const CHANGED: usize = 256 << 10;
 
 /// The heap as malloc sees it, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,16 +33,17 @@ pub(crate) struct Heap {
 /// When to trim: the decision, apart from the system calls.
 #[derive(Debug, Default)]
 pub(crate) struct Policy {
-    /// The free heap right after the last trim, while it stays worth one.
-    trimmed_at: Option<usize>,
+    /// The heap at the last trim, while it stays worth one.
+    trimmed_at: Option<Heap>,
 }
 
 impl Policy {
     /// Whether to trim now. Worth it when at least 1 MiB is free and the
     /// free heap is at least half of what is in use (a burst that went
     /// away, not the churn of a steady load). Once trimmed, the next trim
-    /// waits until another 1 MiB has been freed, or the heap was busy
-    /// again in between: an idle server is not trimmed over and over.
+    /// waits until the heap has changed by 256 KiB (the last connections
+    /// of a storm are often freed after the first trim): an idle server is
+    /// not trimmed over and over.
     pub(crate) fn due(&mut self, heap: Heap) -> bool {
         let worth = heap.free >= MIN_FREE && heap.free.saturating_mul(2) >= heap.in_use;
         if !worth {
@@ -47,11 +51,13 @@ impl Policy {
             return false;
         }
         if let Some(at) = self.trimmed_at {
-            if heap.free < at.saturating_add(MIN_FREE) {
+            let changed = heap.free.abs_diff(at.free) >= CHANGED
+                || heap.in_use.abs_diff(at.in_use) >= CHANGED;
+            if !changed {
                 return false;
             }
         }
-        self.trimmed_at = Some(heap.free);
+        self.trimmed_at = Some(heap);
         true
     }
 }
@@ -147,11 +153,12 @@ mod tests {
         assert!(!p.due(heap(20, 4 * 1024)));
         // The burst is over: 6 MiB in use, 14 free.
         assert!(p.due(heap(6, 14 * 1024)));
-        // Nothing more freed since: not again.
+        // Nothing much changed since: not again.
         assert!(!p.due(heap(6, 14 * 1024)));
-        assert!(!p.due(heap(6, 14 * 1024 + 512)));
-        // Another MiB freed: again.
+        assert!(!p.due(heap(6, 14 * 1024 + 200)));
+        // The last connections went: again.
         assert!(p.due(heap(5, 15 * 1024)));
+        assert!(!p.due(heap(5, 15 * 1024)));
         // Busy again, then free again: again.
         assert!(!p.due(heap(30, 1024)));
         assert!(p.due(heap(6, 14 * 1024)));

@@ -106,7 +106,7 @@ impl Drop for Server {
 fn storm(server: &Server, n: usize, deadline: Instant) -> u64 {
     let mut child = Command::new(BIN)
         .args(["bench", &format!("ws://{}/", server.addr)])
-        .args(["--idle", &n.to_string(), "--hold", "0.5"])
+        .args(["--idle", &n.to_string(), "--hold", "0.2"])
         .args(["--handshake-concurrency", "200"])
         .args(["--server-pid", &server.child.id().to_string(), "--json"])
         .stdin(Stdio::null())
