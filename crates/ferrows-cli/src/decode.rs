@@ -496,7 +496,7 @@ impl Walk {
             self.line(
                 "length",
                 format!(
-                    "{} ({encoding} length, not minimal: RFC 6455 §5.2 asks for the shortest encoding; receivers accept it)",
+                    "{} ({encoding} length, not minimal: RFC 6455 §5.2 requires the shortest encoding)",
                     h.payload_len
                 ),
             );
@@ -668,6 +668,9 @@ impl Walk {
             ProtocolError::ControlFrameTooLong(_) => " (RFC 6455 §5.5: at most 125 bytes)",
             ProtocolError::FragmentedControlFrame => {
                 " (RFC 6455 §5.5: control frames cannot be fragmented)"
+            }
+            ProtocolError::NonMinimalLength { .. } => {
+                " (RFC 6455 §5.2: the minimal number of bytes must be used; ferrows accepts it only with Limits::allow_non_minimal_lengths)"
             }
             _ => "",
         };

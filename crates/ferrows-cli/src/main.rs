@@ -10,6 +10,7 @@ mod env;
 mod gamepad;
 mod heartbeat;
 mod hub;
+mod memtrim;
 mod net;
 mod pages;
 mod probe;
@@ -195,6 +196,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if matches!(cli.command, Command::Serve(_)) {
+        // Servers give freed heap back after a reconnect storm.
+        memtrim::start();
+    }
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {

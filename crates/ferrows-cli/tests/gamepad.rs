@@ -551,6 +551,179 @@ async fn telemetry_reaches_every_client_about_ten_times_a_second() {
     }
 }
 
+/// What one client saw during the load of
+/// [`auth_spam_from_viewers_drops_no_one_and_the_driver_keeps_control`].
+#[derive(Debug, Default)]
+struct Seen {
+    telemetry: usize,
+    /// The `driver` of the last telemetry.
+    last_driver: Value,
+    /// Role messages that made it a viewer.
+    demoted: usize,
+    /// How it ended, if it ended before the deadline.
+    ended: Option<String>,
+}
+
+/// Reads until `until`, counting what arrives.
+async fn watch(
+    mut rx: ferrows::WsReader<MaybeTlsStream<TcpStream>>,
+    until: tokio::time::Instant,
+) -> Seen {
+    let mut seen = Seen::default();
+    loop {
+        let msg = match tokio::time::timeout_at(until, rx.recv()).await {
+            Err(_) => return seen,
+            Ok(msg) => msg,
+        };
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                let t = t.as_str();
+                if t.contains(r#""type":"telemetry""#) || t.contains(r#""type":"role""#) {
+                    let v: Value = serde_json::from_str(t).unwrap();
+                    if v["type"] == "telemetry" {
+                        seen.telemetry += 1;
+                        seen.last_driver = v["driver"].clone();
+                    } else if v["role"] == "viewer" {
+                        seen.demoted += 1;
+                    }
+                }
+            }
+            Some(Ok(Message::Close(f))) => {
+                seen.ended = Some(format!("closed: {f:?}"));
+                return seen;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                seen.ended = Some(format!("failed: {e}"));
+                return seen;
+            }
+            None => {
+                seen.ended = Some("ended".to_owned());
+                return seen;
+            }
+        }
+    }
+}
+
+/// Issue 9, defect 4: with no `--token`, every auth from a viewer used to
+/// broadcast telemetry to every client; 10 viewers sending auth within the
+/// per-connection limit got the other viewers and the driver closed with
+/// 1008, and the robot stopped. Now an auth is answered to its sender only,
+/// telemetry goes out on the 10 Hz tick, auths have their own low limit,
+/// and the driver is never dropped for traffic every client gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_spam_from_viewers_drops_no_one_and_the_driver_keeps_control() {
+    const READERS: usize = 40;
+    const SPAMMERS: usize = 10;
+    /// Auth messages per second from each spammer: under the 200/s limit
+    /// on all messages, so none is cut by it.
+    const SPAM_RATE: u64 = 150;
+    const LOAD: Duration = Duration::from_secs(4);
+    let server = Server::start(&["--output", "jsonl"]);
+
+    let mut driver = connect(&server.url("/")).await;
+    let driver_id = next_of(&mut driver, "hello").await["id"].clone();
+    send(&mut driver, &pad(1, 0.0, -1.0, &[])).await;
+    assert_eq!(next_of(&mut driver, "role").await["role"], "driver");
+
+    let mut viewers = Vec::new();
+    for _ in 0..READERS + SPAMMERS {
+        let mut ws = connect(&server.url("/")).await;
+        next_of(&mut ws, "hello").await;
+        viewers.push(ws);
+    }
+    let start = tokio::time::Instant::now();
+    let until = start + LOAD + Duration::from_secs(1);
+
+    let mut watchers = Vec::new();
+    let mut writers = Vec::new();
+    for (i, ws) in viewers.into_iter().enumerate() {
+        let (rx, mut tx) = ws.split();
+        watchers.push(tokio::spawn(watch(rx, until)));
+        if i < SPAMMERS {
+            writers.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / SPAM_RATE));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut sent = 0u64;
+                while start.elapsed() < LOAD {
+                    tick.tick().await;
+                    if tx.send(r#"{"type":"auth","token":"x"}"#).await.is_err() {
+                        break;
+                    }
+                    sent += 1;
+                }
+                // Returned, so it stays open until the end.
+                (sent, tx)
+            }));
+        }
+    }
+    // The driver: 60 commands a second, each moving the robot.
+    let (rx, mut tx) = driver.split();
+    let driver_watch = tokio::spawn(watch(rx, until));
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / 60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 1;
+    while start.elapsed() < LOAD {
+        tick.tick().await;
+        seq += 1;
+        let x = if seq % 2 == 0 { 0.5 } else { -0.5 };
+        if within(tx.send(pad(seq, x, -1.0, &[]))).await.is_err() {
+            break;
+        }
+    }
+
+    let mut spam = 0;
+    let mut open = Vec::new();
+    for w in writers {
+        let (sent, tx) = w.await.unwrap();
+        spam += sent;
+        open.push(tx);
+    }
+    let d = driver_watch.await.unwrap();
+    assert_eq!(d.ended, None, "the driver was dropped:\n{}", server.log());
+    assert_eq!(d.demoted, 0, "the driver lost control:\n{}", server.log());
+    let mut dropped = Vec::new();
+    for (i, w) in watchers.into_iter().enumerate() {
+        let seen = w.await.unwrap();
+        if let Some(how) = &seen.ended {
+            dropped.push(format!("viewer {i}: {how}"));
+            continue;
+        }
+        // Telemetry kept coming at about 10 Hz for 5 s, not once per
+        // auth (room for a loaded machine), and it names the driver.
+        assert!(
+            (10..=80).contains(&seen.telemetry),
+            "viewer {i}: {} telemetry messages in 5 s: {seen:?}",
+            seen.telemetry
+        );
+        assert_eq!(seen.last_driver, driver_id, "viewer {i}: {seen:?}");
+    }
+    assert!(
+        dropped.is_empty(),
+        "{} of {} viewers dropped: {dropped:?}\n{}",
+        dropped.len(),
+        READERS + SPAMMERS,
+        server.log()
+    );
+    assert!(!server.log().contains("fell behind"), "{}", server.log());
+    assert!(
+        spam >= SPAMMERS as u64 * SPAM_RATE,
+        "only {spam} auth messages sent: the load did not happen"
+    );
+    // The commands moved the robot all along, and nothing stopped it but
+    // the dead-man once the driver went quiet at the end.
+    let lines = server.lines();
+    assert!(lines.len() >= 60, "{} output lines", lines.len());
+    let (last, before) = lines.split_last().unwrap();
+    assert!(
+        before.iter().all(|(_, l)| l["reason"] == "command")
+            && ["command", "deadman"].contains(&last.1["reason"].as_str().unwrap()),
+        "{:?}",
+        lines.iter().map(|(_, l)| l.to_string()).collect::<Vec<_>>()
+    );
+    drop((tx, open));
+}
+
 // ------------------------------------------------------------ outputs
 
 #[tokio::test]

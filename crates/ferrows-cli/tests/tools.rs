@@ -429,15 +429,34 @@ fn decode_rfc6455_5_7_long_lengths() {
     let out = run(&["decode"], Input::Bytes(hex.as_bytes()));
     assert_eq!(out.code, Some(0));
     assert!(out.stdout.contains("  length    65536 (64-bit length)\n"));
-    // A non-minimal encoding is noted, not an error.
-    let out = decode(&["81 7E 00 02 68 69"]);
-    assert_eq!(out.code, Some(0));
-    assert!(
-        out.stdout
-            .contains("  length    2 (16-bit length, not minimal"),
-        "{}",
-        out.stdout
-    );
+    // A non-minimal encoding is shown, and is a problem: ferrows (like
+    // RFC 6455 §5.2) fails the connection with 1002 by default.
+    for (hex, field) in [
+        ("81 7E 00 02 68 69", "16"),
+        ("81 7F 00 00 00 00 00 00 00 02 68 69", "64"),
+    ] {
+        let out = decode(&[hex]);
+        assert_eq!(out.code, Some(1), "{}", out.stdout);
+        assert!(
+            out.stdout
+                .contains(&format!("  length    2 ({field}-bit length, not minimal")),
+            "{}",
+            out.stdout
+        );
+        assert!(
+            out.stdout.contains(&format!(
+                "problem:  payload length 2 in a {field}-bit field, not the minimal encoding (RFC 6455 §5.2"
+            )),
+            "{}",
+            out.stdout
+        );
+        assert!(
+            out.stdout
+                .contains("a receiver fails the connection with close code 1002"),
+            "{}",
+            out.stdout
+        );
+    }
 }
 
 #[test]

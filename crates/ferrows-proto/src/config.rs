@@ -1,7 +1,10 @@
 //! Receive limits.
 
-/// Bounds on what a peer may send. Every limit maps to close code 1009
-/// (message too big) when exceeded.
+/// Bounds on what a peer may send, and how strictly its framing is read.
+///
+/// Every size limit maps to close code 1009 (message too big) when exceeded;
+/// the strictness switches relax rules that otherwise fail the connection
+/// with 1002 (protocol error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
@@ -19,6 +22,14 @@ pub struct Limits {
     /// Bounds the per-frame overhead a peer can make us pay for one message
     /// (a flood of empty continuation frames).
     pub max_fragments: usize,
+    /// Accept payload lengths that are not minimally encoded. Default: `false`.
+    ///
+    /// RFC 6455 §5.2 says "the minimal number of bytes MUST be used to encode
+    /// the length": a 16-bit length (marker 126) below 126, or a 64-bit one
+    /// (marker 127) below 65 536, breaks it. By default such a frame fails
+    /// the connection with 1002 ([`crate::ProtocolError::NonMinimalLength`]);
+    /// set this to interoperate with a sloppy peer that cannot be fixed.
+    pub allow_non_minimal_lengths: bool,
 }
 
 impl Default for Limits {
@@ -27,6 +38,7 @@ impl Default for Limits {
             max_message_size: 64 << 20,
             max_frame_size: 16 << 20,
             max_fragments: 65_536,
+            allow_non_minimal_lengths: false,
         }
     }
 }
@@ -47,6 +59,12 @@ impl Limits {
     /// Sets [`Limits::max_fragments`].
     pub fn max_fragments(mut self, count: usize) -> Limits {
         self.max_fragments = count;
+        self
+    }
+
+    /// Sets [`Limits::allow_non_minimal_lengths`].
+    pub fn allow_non_minimal_lengths(mut self, allow: bool) -> Limits {
+        self.allow_non_minimal_lengths = allow;
         self
     }
 }

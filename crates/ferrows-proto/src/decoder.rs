@@ -251,6 +251,14 @@ impl Decoder {
             (Role::Client, true) => return Err(ProtocolError::MaskedFrame),
             _ => {}
         }
+        // RFC 6455 §5.2: "the minimal number of bytes MUST be used".
+        if !self.limits.allow_non_minimal_lengths && !header.has_minimal_length(header_len) {
+            let mask_len = if header.mask.is_some() { 4 } else { 0 };
+            return Err(ProtocolError::NonMinimalLength {
+                len: header.payload_len,
+                field_bytes: header_len.saturating_sub(2 + mask_len),
+            });
+        }
         if opcode.is_control() {
             if !header.fin {
                 return Err(ProtocolError::FragmentedControlFrame);

@@ -28,6 +28,15 @@ pub enum ProtocolError {
     ExpectedContinuation,
     /// A 64-bit payload length with its most significant bit set.
     InvalidLength,
+    /// A payload length not encoded in the fewest bytes (RFC 6455 §5.2): a
+    /// 16-bit length below 126 or a 64-bit one below 65 536. Rejected unless
+    /// [`crate::Limits::allow_non_minimal_lengths`] is set.
+    NonMinimalLength {
+        /// The payload length.
+        len: u64,
+        /// How many bytes the length field took (2 or 8).
+        field_bytes: usize,
+    },
     /// A text message or close reason that is not valid UTF-8.
     InvalidUtf8,
     /// A close frame with a one-byte payload.
@@ -85,6 +94,7 @@ impl ProtocolError {
             ProtocolError::UnexpectedContinuation => "continuation without a message",
             ProtocolError::ExpectedContinuation => "expected continuation frame",
             ProtocolError::InvalidLength => "invalid payload length",
+            ProtocolError::NonMinimalLength { .. } => "non-minimal payload length",
             ProtocolError::InvalidUtf8 => "invalid UTF-8",
             ProtocolError::InvalidClosePayload => "invalid close payload",
             ProtocolError::InvalidCloseCode(_) => "invalid close code",
@@ -105,6 +115,11 @@ impl fmt::Display for ProtocolError {
                 write!(f, "control frame of {len} bytes (at most 125 allowed)")
             }
             ProtocolError::InvalidCloseCode(code) => write!(f, "invalid close code {code}"),
+            ProtocolError::NonMinimalLength { len, field_bytes } => write!(
+                f,
+                "payload length {len} in a {}-bit field, not the minimal encoding",
+                field_bytes * 8
+            ),
             ProtocolError::InvalidCompressedData(why) => {
                 write!(f, "invalid compressed data: {why}")
             }

@@ -432,14 +432,123 @@ mod s5_2_base_framing {
         }
     }
 
+    /// A header with the length `len` forced into a `field`-byte extended
+    /// length (2 or 8), to `receiver`, followed by `payload`.
+    fn non_minimal(receiver: Role, opcode: OpCode, field: usize, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u64;
+        let mut wire = vec![0x80 | opcode.as_u8()];
+        let mask_bit = if receiver == Role::Server { 0x80 } else { 0 };
+        match field {
+            2 => {
+                wire.push(mask_bit | 126);
+                wire.extend_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
+            }
+            _ => {
+                wire.push(mask_bit | 127);
+                wire.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+        let mut body = payload.to_vec();
+        if receiver == Role::Server {
+            wire.extend_from_slice(&KEY);
+            ferrows_proto::mask::apply_mask(&mut body, KEY, 0);
+        }
+        wire.extend_from_slice(&body);
+        wire
+    }
+
     #[test]
-    fn non_minimal_lengths_are_accepted() {
-        // §5.2 requires senders to use the minimal encoding but does not
-        // ask receivers to check; Autobahn expects them to be accepted.
-        let mut wire = vec![0x81, 0x7E, 0x00, 0x02, b'h', b'i'];
-        assert_eq!(decode_ok(Role::Client, &wire), [text("hi")]);
-        wire = vec![0x81, 0x7F, 0, 0, 0, 0, 0, 0, 0, 0x02, b'h', b'i'];
-        assert_eq!(decode_ok(Role::Client, &wire), [text("hi")]);
+    fn non_minimal_lengths_fail_with_1002_as_soon_as_the_header_is_in() {
+        // §5.2: "the minimal number of bytes MUST be used to encode the
+        // length". 126 with a 16-bit length below 126, 127 with a 64-bit
+        // length below 65 536: both directions, data and control frames,
+        // at the edges (0, 125 in 16 bits; 0, 125, 126, 65 535 in 64 bits).
+        let cases: [(usize, usize, OpCode); 7] = [
+            (2, 0, OpCode::Text),
+            (2, 2, OpCode::Text),
+            (2, 125, OpCode::Binary),
+            (2, 5, OpCode::Ping),
+            (8, 2, OpCode::Text),
+            (8, 126, OpCode::Binary),
+            (8, 65_535, OpCode::Binary),
+        ];
+        for role in [Role::Server, Role::Client] {
+            for (field, len, opcode) in cases {
+                let payload = vec![b'h'; len];
+                let wire = non_minimal(role, opcode, field, &payload);
+                let header_len = 2 + field + if role == Role::Server { 4 } else { 0 };
+                let (e, at) = assert_fails(&wire, role, PROTOCOL_ERROR);
+                assert_eq!(
+                    e,
+                    ProtocolError::NonMinimalLength {
+                        len: len as u64,
+                        field_bytes: field
+                    },
+                    "{role:?} {field} {len}"
+                );
+                // The header alone proves it: no payload byte is waited for.
+                assert_eq!(at, header_len, "{role:?} {field} {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn non_minimal_length_after_a_valid_message_fails_after_delivering_it() {
+        let wire = concat(&[
+            &frame_to(Role::Server, true, OpCode::Text, b"ok"),
+            &non_minimal(Role::Server, OpCode::Text, 2, b"hi"),
+        ]);
+        let out = decode_whole(decoder(Role::Server), &wire);
+        assert_eq!(out.items, [text("ok")]);
+        assert_eq!(
+            out.error,
+            Some(ProtocolError::NonMinimalLength {
+                len: 2,
+                field_bytes: 2
+            })
+        );
+    }
+
+    #[test]
+    fn minimal_lengths_at_every_boundary_are_accepted() {
+        // The shortest encodings on both sides of each boundary still pass.
+        for len in [0usize, 125, 126, 65_535, 65_536] {
+            let payload = vec![7u8; len];
+            let wire = frame_to(Role::Client, true, OpCode::Binary, &payload);
+            let out = decode_whole(decoder(Role::Client), &wire);
+            assert_eq!(out.error, None, "len {len}");
+            assert_eq!(out.items, [binary(&payload)], "len {len}");
+        }
+    }
+
+    #[test]
+    fn non_minimal_lengths_are_accepted_when_the_limits_allow_them() {
+        let lenient = |role| {
+            Decoder::new(
+                role,
+                Limits::default().allow_non_minimal_lengths(true),
+                None,
+            )
+        };
+        for role in [Role::Server, Role::Client] {
+            let wire = concat(&[
+                &non_minimal(role, OpCode::Text, 2, b"hi"),
+                &non_minimal(role, OpCode::Text, 8, b"hi"),
+                &non_minimal(role, OpCode::Ping, 2, b"p"),
+                &non_minimal(role, OpCode::Binary, 8, &[1u8; 300]),
+            ]);
+            assert_eq!(
+                decode_ok_with(|| lenient(role), &wire),
+                [
+                    text("hi"),
+                    text("hi"),
+                    Incoming::Ping(Bytes::from_static(b"p")),
+                    binary(&[1u8; 300]),
+                ],
+                "{role:?}"
+            );
+        }
+        assert!(!Limits::default().allow_non_minimal_lengths);
     }
 
     #[test]

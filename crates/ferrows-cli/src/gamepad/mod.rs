@@ -11,8 +11,14 @@
 //! times a second.
 //!
 //! Nothing here waits on a client: each has a bounded queue of outgoing
-//! messages, and one whose queue overflows is dropped (if it drove, the
-//! robot stops with reason `disconnect`).
+//! messages, and a viewer whose queue overflows is dropped. What one client
+//! sends is answered to it alone; what every client gets (telemetry, stop
+//! notices) is bounded by the server, not by any client: telemetry goes out
+//! only on the 10 Hz tick, and auth messages have their own low rate. The
+//! driver is never dropped because of that shared traffic: when its queue
+//! is full, it misses a snapshot (the next one supersedes it); only a full
+//! queue on an answer to its own messages drops it (and stops the robot
+//! with reason `stalled`).
 
 mod control;
 mod gpio;
@@ -58,6 +64,13 @@ const RATE: f64 = 200.0;
 
 /// ... and in a burst.
 const BURST: f64 = 100.0;
+
+/// Auth messages a client may send per second, on average (each is answered,
+/// and checking a token is the one thing worth guessing at) ...
+const AUTH_RATE: f64 = 2.5;
+
+/// ... and in a burst: so at most 10 answers to one client in any 2 s.
+const AUTH_BURST: f64 = 5.0;
 
 /// How long the output may take to write its last lines at exit.
 const OUTPUT_FINISH: Duration = Duration::from_secs(3);
@@ -316,23 +329,51 @@ struct Hub {
 impl Hub {
     /// Queues `text` for `id`; a full queue means the client stalled.
     fn send(&mut self, id: ClientId, msg: Outbound) -> Result<(), ClientGone> {
-        let Some(queue) = self.clients.get(&id) else {
-            return Ok(());
-        };
-        match queue.try_send(msg) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(ClientGone { id, stalled: true }),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(ClientGone { id, stalled: false }),
-        }
+        send_to(&self.clients, id, msg)
     }
 
-    fn broadcast(&mut self, text: String) -> Vec<ClientGone> {
-        let prepared = Prepared::new(Message::text(text));
-        let ids: Vec<ClientId> = self.clients.keys().copied().collect();
-        ids.into_iter()
-            .filter_map(|id| self.send(id, Outbound::Text(prepared.clone())).err())
-            .collect()
+    /// Queues `text` for every client; see [`broadcast_to`].
+    fn broadcast(&mut self, text: String, driver: Option<ClientId>) -> Vec<ClientGone> {
+        broadcast_to(&self.clients, text, driver)
     }
+}
+
+/// Queues `msg` for `id`; a full queue means the client stalled.
+fn send_to(
+    clients: &HashMap<ClientId, mpsc::Sender<Outbound>>,
+    id: ClientId,
+    msg: Outbound,
+) -> Result<(), ClientGone> {
+    let Some(queue) = clients.get(&id) else {
+        return Ok(());
+    };
+    match queue.try_send(msg) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(_)) => Err(ClientGone { id, stalled: true }),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(ClientGone { id, stalled: false }),
+    }
+}
+
+/// Queues `text` for every client. A viewer whose queue is full is returned
+/// as gone; the driver (`driver`) is not: traffic every client gets is
+/// never the reason it is dropped, it misses this one instead.
+fn broadcast_to(
+    clients: &HashMap<ClientId, mpsc::Sender<Outbound>>,
+    text: String,
+    driver: Option<ClientId>,
+) -> Vec<ClientGone> {
+    let prepared = Prepared::new(Message::text(text));
+    clients
+        .keys()
+        .filter_map(|id| send_to(clients, *id, Outbound::Text(prepared.clone())).err())
+        .filter(|g| {
+            let skipped = g.stalled && Some(g.id) == driver;
+            if skipped {
+                tracing::debug!(client = g.id, "driver's queue full: broadcast skipped");
+            }
+            !skipped
+        })
+        .collect()
 }
 
 struct ClientGone {
@@ -352,7 +393,6 @@ fn apply(
     let mut gone: Vec<ClientGone> = Vec::new();
     // Bounded: each round removes a client for good.
     for _ in 0..=hub.clients.len() + 1 {
-        let mut telemetry_due = false;
         while let Some(effect) = pending.pop_front() {
             match effect {
                 Effect::Output { outputs, reason } => {
@@ -369,8 +409,7 @@ fn apply(
                 }
                 Effect::Stopped(cause) => {
                     tracing::info!(cause = cause.as_str(), "robot stopped: {}", cause.text());
-                    gone.extend(hub.broadcast(protocol::stop(cause)));
-                    telemetry_due = true;
+                    gone.extend(hub.broadcast(protocol::stop(cause), ctl.driver()));
                 }
                 Effect::Role { id, role, why } => {
                     if why == control::RoleWhy::Claimed {
@@ -381,7 +420,9 @@ fn apply(
                     {
                         gone.push(g);
                     }
-                    telemetry_due = true;
+                    // Not a broadcast: the others see the new driver in the
+                    // next telemetry (at most 100 ms away), so no client can
+                    // make every client's traffic grow by asking its role.
                 }
                 Effect::Refused { id, why } => {
                     let text = protocol::refused(why);
@@ -401,9 +442,6 @@ fn apply(
                 }
             }
         }
-        if telemetry_due {
-            gone.extend(send_telemetry(ctl, hub, now));
-        }
         if gone.is_empty() {
             return;
         }
@@ -422,7 +460,7 @@ fn send_telemetry(ctl: &Controller, hub: &mut Hub, now: Instant) -> Vec<ClientGo
         ctl.settings().buttons,
         millis_since(hub.epoch, now),
     );
-    hub.broadcast(text)
+    hub.broadcast(text, ctl.driver())
 }
 
 async fn run_controller(
@@ -620,16 +658,30 @@ enum Ending {
     Close(CloseCode, &'static str),
 }
 
-/// A token bucket: `RATE` messages a second, bursts of `BURST`.
+/// A token bucket: `rate` messages a second, bursts of `burst`.
 struct RateLimit {
+    rate: f64,
+    burst: f64,
     tokens: f64,
     at: Instant,
 }
 
 impl RateLimit {
+    /// `RATE` messages a second, bursts of `BURST`: every message.
     fn new(now: Instant) -> RateLimit {
+        RateLimit::with(RATE, BURST, now)
+    }
+
+    /// `AUTH_RATE` a second, bursts of `AUTH_BURST`: auth messages.
+    fn auth(now: Instant) -> RateLimit {
+        RateLimit::with(AUTH_RATE, AUTH_BURST, now)
+    }
+
+    fn with(rate: f64, burst: f64, now: Instant) -> RateLimit {
         RateLimit {
-            tokens: BURST,
+            rate,
+            burst,
+            tokens: burst,
             at: now,
         }
     }
@@ -637,7 +689,7 @@ impl RateLimit {
     fn allow(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now;
-        self.tokens = (self.tokens + elapsed * RATE).min(BURST);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -689,6 +741,7 @@ async fn session(
     peer: SocketAddr,
 ) -> Ending {
     let mut limit = RateLimit::new(Instant::now());
+    let mut auth_limit = RateLimit::auth(Instant::now());
     let mut complaints = Complaints {
         count: 0,
         last_reply: None,
@@ -772,7 +825,19 @@ async fn session(
                 command,
                 arrived,
             },
-            Ok(Inbound::Auth(token)) => Event::Auth { id, token },
+            Ok(Inbound::Auth(token)) => {
+                if !auth_limit.allow(now) {
+                    complaints.log(peer, id, "too many auth messages");
+                    if complaints.reply_due(now) {
+                        let _ = ws.queue(protocol::error(
+                            "rate_limited",
+                            "too many auth messages: at most 10 every 2 seconds",
+                        ));
+                    }
+                    continue;
+                }
+                Event::Auth { id, token }
+            }
             Ok(Inbound::Release) => Event::Release { id },
             Ok(Inbound::Ping(n)) => {
                 let _ = ws.queue(protocol::pong(n));
@@ -839,5 +904,44 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         let next = (0..1000).filter(|_| limit.allow(Instant::now())).count();
         assert_eq!(next, BURST.min(RATE) as usize);
+    }
+
+    #[test]
+    fn a_full_queue_drops_a_viewer_but_not_the_driver_on_a_broadcast() {
+        let mut clients = HashMap::new();
+        let mut receivers = Vec::new();
+        for id in 1..=3 {
+            let (tx, rx) = mpsc::channel(1);
+            clients.insert(id, tx);
+            receivers.push(rx);
+        }
+        // Clients 1 (the driver) and 2 are a message behind; 3 is not.
+        for id in [1, 2] {
+            assert!(send_to(&clients, id, Outbound::Close(CloseCode::NORMAL, "")).is_ok());
+        }
+        let gone = broadcast_to(&clients, "telemetry".to_owned(), Some(1));
+        let gone: Vec<(ClientId, bool)> = gone.iter().map(|g| (g.id, g.stalled)).collect();
+        assert_eq!(gone, [(2, true)]);
+        // Its own answers still count: a driver that does not read them goes.
+        let own = send_to(&clients, 1, Outbound::Close(CloseCode::NORMAL, ""));
+        assert!(matches!(
+            own,
+            Err(ClientGone {
+                id: 1,
+                stalled: true
+            })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn auth_is_limited_to_ten_in_two_seconds() {
+        let mut limit = RateLimit::auth(Instant::now());
+        let mut allowed = 0;
+        // 100 attempts a second for 2 s.
+        for _ in 0..200 {
+            allowed += usize::from(limit.allow(Instant::now()));
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        assert!((9..=10).contains(&allowed), "{allowed} auth answers in 2 s");
     }
 }
