@@ -30,7 +30,7 @@ mod idle;
 mod payload;
 mod pool;
 mod stats;
-mod sys;
+pub(crate) mod sys;
 mod wire;
 
 use std::io::IsTerminal as _;

@@ -199,6 +199,11 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Serve(_)) {
         // Servers give freed heap back after a reconnect storm.
         memtrim::start();
+        // Every connection is a file: a soft limit of 1024 (a common
+        // default) would refuse clients long before --max-connections.
+        if let Some(limit) = bench::sys::raise_nofile_limit() {
+            tracing::debug!(limit, "open file limit");
+        }
     }
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
