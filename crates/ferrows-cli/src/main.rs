@@ -11,6 +11,7 @@ mod heartbeat;
 mod hub;
 mod net;
 mod pages;
+mod pcap;
 mod probe;
 mod trace;
 

@@ -1,0 +1,212 @@
+//! Captures: `ferrows decode --pcap FILE` reads a pcap or pcapng file
+//! (tcpdump's, Wireshark's or ours), reassembles its TCP connections and
+//! explains each WebSocket connection in it; [`Capture`] records a
+//! connection's plaintext as a pcapng file Wireshark opens (`--pcap` on
+//! `connect` and `probe`).
+
+mod analyze;
+mod capture;
+pub(crate) mod read;
+pub(crate) mod tcp;
+
+use std::fs::File;
+use std::io::{BufReader, Read, Write as _};
+use std::process::ExitCode;
+
+use serde_json::json;
+
+pub(crate) use capture::{Capture, Recorder};
+
+/// `ferrows decode --pcap PATH` (`-`: standard input), as text or JSON.
+/// Exit status 1 if the file is unreadable or truncated, or a connection
+/// in it has a problem.
+pub(crate) fn decode_pcap(path: &str, as_json: bool) -> anyhow::Result<ExitCode> {
+    let input: Box<dyn Read> = if path == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        match File::open(path) {
+            Ok(f) => Box::new(f),
+            Err(e) => {
+                eprintln!("error: cannot open {path}: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    };
+    let result = decode_reader(BufReader::new(input), tcp::Limits::default());
+    let out = match result {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {path}: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    if as_json {
+        let _ = writeln!(stdout, "{}", out.json);
+    } else {
+        let _ = stdout.write_all(out.text.as_bytes());
+    }
+    let _ = stdout.flush();
+    if let Some(e) = &out.error {
+        eprintln!("error: {path}: {e}");
+    }
+    Ok(if out.error.is_some() || out.problems > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// A whole capture explained.
+pub(crate) struct Decoded {
+    pub(crate) text: String,
+    pub(crate) json: serde_json::Value,
+    pub(crate) problems: usize,
+    /// The file ended early or is corrupt past some packet: what was read
+    /// before is explained all the same.
+    pub(crate) error: Option<String>,
+}
+
+/// Reads and explains a capture.
+pub(crate) fn decode_reader(
+    input: impl Read,
+    limits: tcp::Limits,
+) -> Result<Decoded, read::ReadError> {
+    let mut reader = read::CaptureReader::open(input)?;
+    let mut reassembler = tcp::Reassembler::new(limits);
+    let mut skipped = 0u64;
+    let mut skipped_reasons: Vec<(String, u64, u64)> = Vec::new();
+    let mut error = None;
+    while let Some(item) = reader.next_item() {
+        match item {
+            Ok(read::Item::Segment(seg)) => reassembler.segment(&seg),
+            Ok(read::Item::Skipped { packet, why }) => {
+                skipped += 1;
+                if let Some((_, n, _)) = skipped_reasons.iter_mut().find(|(w, _, _)| *w == why) {
+                    *n += 1;
+                } else if skipped_reasons.len() < 16 {
+                    skipped_reasons.push((why, 1, packet));
+                }
+            }
+            Err(e) => error = Some(e.0),
+        }
+    }
+    let packets = reader.packets();
+    let (connections, ignored) = reassembler.finish();
+    let mut text = format!(
+        "{} capture: {packets} packets, {} TCP connections",
+        reader.format().name(),
+        connections.len()
+    );
+    if skipped > 0 {
+        text.push_str(&format!(", {skipped} packets not TCP or not read"));
+    }
+    text.push('\n');
+    for (why, n, first) in &skipped_reasons {
+        text.push_str(&format!(
+            "  skipped {n} (the first is packet {first}): {why}\n"
+        ));
+    }
+    if ignored > 0 {
+        text.push_str(&format!(
+            "  {ignored} segments of connections past the limit of {} were ignored\n",
+            limits.max_connections
+        ));
+    }
+    let mut problems = 0;
+    let mut conns = Vec::new();
+    let mut websockets = 0;
+    let mut others = Vec::new();
+    for (i, conn) in connections.iter().enumerate() {
+        let report = analyze::analyze(i + 1, conn);
+        problems += report.problems;
+        if report.websocket {
+            websockets += 1;
+            text.push('\n');
+            text.push_str(&report.text);
+        } else {
+            others.push(report.text);
+        }
+        conns.push(report.json);
+    }
+    if !others.is_empty() {
+        text.push_str(&format!(
+            "\n{} TCP connections without a WebSocket upgrade:\n",
+            others.len()
+        ));
+        for o in others {
+            for line in o.lines() {
+                text.push_str(&format!("  {line}\n"));
+            }
+        }
+    }
+    let verdict = match problems {
+        0 => "well-formed".to_owned(),
+        1 => "1 problem".to_owned(),
+        n => format!("{n} problems"),
+    };
+    text.push_str(&format!(
+        "\n{websockets} WebSocket connections of {}: {verdict}\n",
+        connections.len()
+    ));
+    if let Some(e) = &error {
+        text.push_str(&format!("error: {e}\n"));
+    }
+    let json = json!({
+        "format": reader.format().name(),
+        "packets": packets,
+        "skipped_packets": skipped,
+        "ignored_segments": ignored,
+        "connections": conns,
+        "websocket_connections": websockets,
+        "problems": problems,
+        "error": error,
+    });
+    Ok(Decoded {
+        text,
+        json,
+        problems,
+        error,
+    })
+}
+
+/// `--pcap FILE` and `--pcap-max-bytes N`, for the commands that record.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct PcapArgs {
+    /// Record the plaintext of every connection (the HTTP upgrade and
+    /// every frame, both directions; for wss:// the bytes inside TLS) to
+    /// FILE as pcapng, for Wireshark: synthetic TCP/IP flows between the
+    /// real addresses and ports.
+    #[arg(long = "pcap", value_name = "FILE")]
+    pub(crate) path: Option<std::path::PathBuf>,
+    /// Stop recording (with a log line) once the file would pass N bytes.
+    #[arg(long = "pcap-max-bytes", value_name = "N", default_value_t = 100 << 20, requires = "path")]
+    pub(crate) max_bytes: u64,
+}
+
+impl PcapArgs {
+    /// The recorder the flags ask for; `client_side`: this end opens the
+    /// connections.
+    pub(crate) fn recorder(&self, client_side: bool) -> anyhow::Result<Option<Recorder>> {
+        self.path
+            .as_deref()
+            .map(|p| {
+                Recorder::create(p, self.max_bytes, client_side)
+                    .map_err(|e| anyhow::anyhow!("--pcap {}: {e}", p.display()))
+            })
+            .transpose()
+    }
+}
+
+/// Wraps a connected stream for recording (a pass-through without a
+/// recorder).
+pub(crate) fn wrap_client(
+    stream: ferrows::MaybeTlsStream<tokio::net::TcpStream>,
+    recorder: Option<&Recorder>,
+) -> Capture<ferrows::MaybeTlsStream<tokio::net::TcpStream>> {
+    let tcp = stream.get_ref();
+    let unspecified = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    let peer = tcp.peer_addr().unwrap_or(unspecified);
+    let local = tcp.local_addr().unwrap_or(unspecified);
+    Capture::wrap(stream, recorder, peer, local)
+}
