@@ -11,7 +11,7 @@ use ferrows_proto::frame::{FrameHeader, HeaderDecode};
 use ferrows_proto::handshake::{
     HandshakeLimits, accept_key, diagnose_accept, parse_request, parse_response,
 };
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::tcp::{Chunk, Connection, Direction};
 use crate::decode::{FrameInfo, bytes, clock_text, walk_frames};
@@ -395,20 +395,15 @@ pub(crate) fn analyze(n: usize, conn: &Connection) -> Report {
             .first()
             .is_some_and(|c| c.offset == 0 && c.data.starts_with(b"GET "))
     };
-    let client = conn.opener.unwrap_or_else(|| {
-        if !starts_get(&conn.dirs[0]) && starts_get(&conn.dirs[1]) {
-            1
-        } else {
-            0
-        }
-    });
-    let server = 1 - client;
-    let (caddr, saddr) = if client == 0 {
-        (conn.a, conn.b)
+    let [d0, d1] = &conn.dirs;
+    let client = conn
+        .opener
+        .unwrap_or_else(|| usize::from(!starts_get(d0) && starts_get(d1)));
+    let (caddr, saddr, cdir, sdir) = if client == 0 {
+        (conn.a, conn.b, d0, d1)
     } else {
-        (conn.b, conn.a)
+        (conn.b, conn.a, d1, d0)
     };
-    let (cdir, sdir) = (&conn.dirs[client], &conn.dirs[server]);
     let mut text = String::new();
     let duration = conn.last_time.saturating_sub(conn.first_time);
     let _ = writeln!(
@@ -420,15 +415,14 @@ pub(crate) fn analyze(n: usize, conn: &Connection) -> Report {
         clock_text(conn.first_time),
         duration.as_secs_f64()
     );
-    let mut json = json!({
-        "index": n,
-        "client": addr_text(caddr),
-        "server": addr_text(saddr),
-        "first_packet": conn.first_packet,
-        "start": conn.first_time.as_secs_f64(),
-        "duration": duration.as_secs_f64(),
-        "syn_seen": conn.opener.is_some(),
-    });
+    let mut json = Map::new();
+    json.insert("index".into(), json!(n));
+    json.insert("client".into(), json!(addr_text(caddr)));
+    json.insert("server".into(), json!(addr_text(saddr)));
+    json.insert("first_packet".into(), json!(conn.first_packet));
+    json.insert("start".into(), json!(conn.first_time.as_secs_f64()));
+    json.insert("duration".into(), json!(duration.as_secs_f64()));
+    json.insert("syn_seen".into(), json!(conn.opener.is_some()));
     let limits = HandshakeLimits::default();
 
     // The request.
@@ -437,13 +431,13 @@ pub(crate) fn analyze(n: usize, conn: &Connection) -> Report {
         Some(Ok(None)) => {
             let note = "the client's first bytes are not a complete HTTP request head";
             let _ = writeln!(text, "{note}: not a WebSocket connection, or cut short");
-            json["note"] = json!(note);
+            json.insert("note".into(), json!(note));
             None
         }
         Some(Err(e)) => {
             let note = format!("not HTTP from the client ({e})");
             let _ = writeln!(text, "{note}");
-            json["note"] = json!(note);
+            json.insert("note".into(), json!(note));
             None
         }
         None => {
@@ -453,15 +447,15 @@ pub(crate) fn analyze(n: usize, conn: &Connection) -> Report {
                 "the client sent nothing"
             };
             let _ = writeln!(text, "{note}");
-            json["note"] = json!(note);
+            json.insert("note".into(), json!(note));
             None
         }
     };
     let Some((req, req_len)) = request else {
-        json["websocket"] = json!(false);
+        json.insert("websocket".into(), json!(false));
         return Report {
             text,
-            json,
+            json: Value::Object(json),
             problems: 0,
             websocket: false,
         };
@@ -473,23 +467,23 @@ pub(crate) fn analyze(n: usize, conn: &Connection) -> Report {
         escape_controls(req.target()),
         bytes(req_len)
     );
-    json["request"] = json!({
+    json.insert("request".into(), json!({
         "method": req.method(),
         "target": req.target(),
         "head_len": req_len,
         "headers": req.headers().iter().map(|(n, v)| json!([n, String::from_utf8_lossy(v)])).collect::<Vec<_>>(),
-    });
+    }));
     if !req.headers().has_token("upgrade", "websocket") {
         let _ = writeln!(text, "no Upgrade: websocket in the request: plain HTTP");
-        json["websocket"] = json!(false);
+        json.insert("websocket".into(), json!(false));
         return Report {
             text,
-            json,
+            json: Value::Object(json),
             problems: 0,
             websocket: false,
         };
     }
-    json["websocket"] = json!(true);
+    json.insert("websocket".into(), json!(true));
     let mut problems = 0;
     let mut faults = Vec::new();
     let response = match first(sdir).map(|data| parse_response(data, &limits)) {
@@ -566,12 +560,12 @@ pub(crate) fn analyze(n: usize, conn: &Connection) -> Report {
                 ),
             });
         }
-        json["response"] = json!({
+        json.insert("response".into(), json!({
             "status": resp.status(),
             "reason": resp.reason(),
             "head_len": len,
             "headers": resp.headers().iter().map(|(n, v)| json!([n, String::from_utf8_lossy(v)])).collect::<Vec<_>>(),
-        });
+        }));
     }
     if let Some(d) = deflate {
         let _ = writeln!(
@@ -591,15 +585,18 @@ pub(crate) fn analyze(n: usize, conn: &Connection) -> Report {
             },
         );
     }
-    json["deflate"] = match deflate {
-        Some(d) => json!({
-            "server_no_context_takeover": d.server_no_context_takeover,
-            "client_no_context_takeover": d.client_no_context_takeover,
-            "server_max_window_bits": d.server_max_window_bits,
-            "client_max_window_bits": d.client_max_window_bits,
-        }),
-        None => Value::Null,
-    };
+    json.insert(
+        "deflate".into(),
+        match deflate {
+            Some(d) => json!({
+                "server_no_context_takeover": d.server_no_context_takeover,
+                "client_no_context_takeover": d.client_no_context_takeover,
+                "server_max_window_bits": d.server_max_window_bits,
+                "client_max_window_bits": d.client_max_window_bits,
+            }),
+            None => Value::Null,
+        },
+    );
     let upgraded = response.as_ref().is_some_and(|(r, _)| r.status() == 101);
     let cw = walk_direction(
         cdir,
@@ -660,11 +657,14 @@ pub(crate) fn analyze(n: usize, conn: &Connection) -> Report {
         }
     }
     problems += faults.len() + cw.problems + sw.problems;
-    json["faults"] = faults
-        .iter()
-        .map(|f| json!({"name": f.name, "detail": f.detail}))
-        .collect::<Vec<_>>()
-        .into();
+    json.insert(
+        "faults".into(),
+        faults
+            .iter()
+            .map(|f| json!({"name": f.name, "detail": f.detail}))
+            .collect::<Vec<_>>()
+            .into(),
+    );
     let c2s = format!("client -> server ({} -> {})", caddr, saddr);
     let s2c = format!("server -> client ({} -> {})", saddr, caddr);
     let _ = writeln!(text, "\n--- {c2s}: frames");
@@ -676,14 +676,17 @@ pub(crate) fn analyze(n: usize, conn: &Connection) -> Report {
     let _ = writeln!(text, "\nsummary of connection {n}:");
     let _ = writeln!(text, "  {}", summary("client -> server", cdir, &cw));
     let _ = writeln!(text, "  {}", summary("server -> client", sdir, &sw));
-    json["directions"] = json!([
-        dir_json(&addr_text(caddr), &addr_text(saddr), cdir, &cw),
-        dir_json(&addr_text(saddr), &addr_text(caddr), sdir, &sw),
-    ]);
-    json["problems"] = json!(problems);
+    json.insert(
+        "directions".into(),
+        json!([
+            dir_json(&addr_text(caddr), &addr_text(saddr), cdir, &cw),
+            dir_json(&addr_text(saddr), &addr_text(caddr), sdir, &sw),
+        ]),
+    );
+    json.insert("problems".into(), json!(problems));
     Report {
         text,
-        json,
+        json: Value::Object(json),
         problems,
         websocket: true,
     }

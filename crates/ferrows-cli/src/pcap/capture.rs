@@ -36,9 +36,11 @@ const QUEUE_RECORDS: usize = 4096;
 const QUEUE_BYTES: u64 = 32 << 20;
 /// The largest TCP payload per synthetic packet.
 const MAX_SEGMENT: usize = 16 * 1024;
-/// What a packet adds to the file besides its payload (block, IP and TCP
-/// headers), for the byte cap.
-const PACKET_OVERHEAD: u64 = 32 + 60 + 20;
+/// What a packet adds to the file besides its payload (block with padding,
+/// IPv6 and TCP headers), for the byte cap.
+const PACKET_OVERHEAD: u64 = 36 + 40 + 20;
+/// The section header and interface blocks, for the byte cap.
+const FILE_OVERHEAD: u64 = 256;
 
 enum Record {
     Open {
@@ -115,7 +117,7 @@ impl Recorder {
         let shared = Arc::new(Shared {
             path: path.display().to_string(),
             max_bytes,
-            bytes: AtomicU64::new(0),
+            bytes: AtomicU64::new(FILE_OVERHEAD),
             queued: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             next_flow: AtomicU64::new(1),
@@ -142,12 +144,12 @@ impl Recorder {
         if self.shared.stopped.load(Ordering::Relaxed) {
             return;
         }
-        let promised = self
-            .shared
-            .bytes
-            .fetch_add(payload as u64 + PACKET_OVERHEAD, Ordering::Relaxed)
-            + payload as u64
-            + PACKET_OVERHEAD;
+        let packets = match record {
+            Record::Data { .. } => payload.div_ceil(MAX_SEGMENT).max(1) as u64,
+            Record::Open { .. } | Record::Close { .. } => 3,
+        };
+        let cost = payload as u64 + packets * PACKET_OVERHEAD;
+        let promised = self.shared.bytes.fetch_add(cost, Ordering::Relaxed) + cost;
         if promised > self.shared.max_bytes {
             self.shared.stop(&format!(
                 "the file reached --pcap-max-bytes ({} bytes)",
@@ -244,7 +246,7 @@ fn write_loop(mut writer: PcapNgWriter<BufWriter<File>>, rx: Receiver<Record>, s
                 };
                 packets.push((
                     time,
-                    packet(client, server, f.client_seq, None, Flags::SYN, &[]),
+                    packet(client, server, f.client_seq, None, Flags::Syn, &[]),
                 ));
                 packets.push((
                     time,
@@ -253,7 +255,7 @@ fn write_loop(mut writer: PcapNgWriter<BufWriter<File>>, rx: Receiver<Record>, s
                         client,
                         f.server_seq,
                         Some(f.client_seq.wrapping_add(1)),
-                        Flags::SYN,
+                        Flags::Syn,
                         &[],
                     ),
                 ));
@@ -269,7 +271,7 @@ fn write_loop(mut writer: PcapNgWriter<BufWriter<File>>, rx: Receiver<Record>, s
                         server,
                         f.client_seq,
                         Some(f.server_seq),
-                        Flags::NONE,
+                        Flags::Ack,
                         &[],
                     ),
                 ));
@@ -291,7 +293,7 @@ fn write_loop(mut writer: PcapNgWriter<BufWriter<File>>, rx: Receiver<Record>, s
                         } else {
                             (f.server, f.client, &mut f.server_seq, f.client_seq)
                         };
-                        packets.push((time, packet(src, dst, *seq, Some(ack), Flags::PSH, piece)));
+                        packets.push((time, packet(src, dst, *seq, Some(ack), Flags::Psh, piece)));
                         *seq = seq.wrapping_add(piece.len() as u32);
                     }
                 }
@@ -304,7 +306,7 @@ fn write_loop(mut writer: PcapNgWriter<BufWriter<File>>, rx: Receiver<Record>, s
                     let (c, s) = (f.client_seq, f.server_seq);
                     packets.push((
                         time,
-                        packet(f.client, f.server, c, Some(s), Flags::FIN, &[]),
+                        packet(f.client, f.server, c, Some(s), Flags::Fin, &[]),
                     ));
                     packets.push((
                         time,
@@ -313,7 +315,7 @@ fn write_loop(mut writer: PcapNgWriter<BufWriter<File>>, rx: Receiver<Record>, s
                             f.client,
                             s,
                             Some(c.wrapping_add(1)),
-                            Flags::FIN,
+                            Flags::Fin,
                             &[],
                         ),
                     ));
@@ -324,7 +326,7 @@ fn write_loop(mut writer: PcapNgWriter<BufWriter<File>>, rx: Receiver<Record>, s
                             f.server,
                             c.wrapping_add(1),
                             Some(s.wrapping_add(1)),
-                            Flags::NONE,
+                            Flags::Ack,
                             &[],
                         ),
                     ));
@@ -355,10 +357,11 @@ fn write_loop(mut writer: PcapNgWriter<BufWriter<File>>, rx: Receiver<Record>, s
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Flags {
-    NONE,
-    SYN,
-    PSH,
-    FIN,
+    /// ACK only (SYN-ACK with `Syn` and an acknowledgment number).
+    Ack,
+    Syn,
+    Psh,
+    Fin,
 }
 
 /// One IP packet with a TCP segment (checksums computed).
@@ -382,10 +385,10 @@ fn packet(
     };
     let mut tcp = ip.tcp(src.port(), dst.port(), seq, 65_535);
     match flags {
-        Flags::SYN => tcp = tcp.syn(),
-        Flags::PSH => tcp = tcp.psh(),
-        Flags::FIN => tcp = tcp.fin(),
-        Flags::NONE => {}
+        Flags::Syn => tcp = tcp.syn(),
+        Flags::Psh => tcp = tcp.psh(),
+        Flags::Fin => tcp = tcp.fin(),
+        Flags::Ack => {}
     }
     if let Some(ack) = ack {
         tcp = tcp.ack(ack);

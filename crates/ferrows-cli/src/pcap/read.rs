@@ -336,27 +336,27 @@ fn parse_packet(packet: u64, time: Duration, link: DataLink, data: &[u8]) -> Ite
         DataLink::LINUX_SLL => {
             // 16 bytes: packet type, ARPHRD type, address length, 8 address
             // bytes, then the protocol (an EtherType).
-            let (Some(proto), Some(rest)) = (data.get(14..16), data.get(16..)) else {
+            let (Some(&[hi, lo]), Some(rest)) = (data.get(14..16), data.get(16..)) else {
                 return skipped(packet, "a Linux cooked (SLL) header cut short");
             };
-            let ether_type = u16::from_be_bytes([proto[0], proto[1]]);
+            let ether_type = u16::from_be_bytes([hi, lo]);
             SlicedPacket::from_ether_type(EtherType(ether_type), rest)
         }
         DataLink::LINUX_SLL2 => {
             // 20 bytes, the protocol first.
-            let (Some(proto), Some(rest)) = (data.get(0..2), data.get(20..)) else {
+            let (Some(&[hi, lo]), Some(rest)) = (data.get(0..2), data.get(20..)) else {
                 return skipped(packet, "a Linux cooked (SLL2) header cut short");
             };
-            let ether_type = u16::from_be_bytes([proto[0], proto[1]]);
+            let ether_type = u16::from_be_bytes([hi, lo]);
             SlicedPacket::from_ether_type(EtherType(ether_type), rest)
         }
         DataLink::NULL | DataLink::LOOP => {
             // A 4-byte address family: host order for NULL, network order
             // for LOOP; AF_INET is 2, AF_INET6 is 10, 24, 28 or 30.
-            let (Some(family), Some(rest)) = (data.get(0..4), data.get(4..)) else {
+            let (Some(&[a, b, c, d]), Some(rest)) = (data.get(0..4), data.get(4..)) else {
                 return skipped(packet, "a loopback header cut short");
             };
-            let bytes = [family[0], family[1], family[2], family[3]];
+            let bytes = [a, b, c, d];
             let known = |v: u32| matches!(v, 2 | 10 | 24 | 28 | 30);
             let family_ok = if link == DataLink::LOOP {
                 known(u32::from_be_bytes(bytes))
