@@ -402,7 +402,8 @@ mod tests {
         assert_eq!(d.chunks[0].data, b"abcdefg");
         assert!(d.gaps.is_empty());
         assert_eq!(d.retransmissions, 1);
-        assert_eq!(d.retransmitted_bytes, 3 + 3);
+        // "abc" again, then "cdef" of "cdefg".
+        assert_eq!(d.retransmitted_bytes, 3 + 4);
     }
 
     #[test]
