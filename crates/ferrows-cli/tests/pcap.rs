@@ -388,6 +388,9 @@ impl Tcpdump {
                 "-i",
                 "lo",
                 "-U",
+                // Keep root's rights (the file is in a root-only tempdir).
+                "-Z",
+                "root",
                 "-s",
                 "0",
                 "-w",

@@ -210,3 +210,78 @@ pub(crate) fn wrap_client(
     let local = tcp.local_addr().unwrap_or(unspecified);
     Capture::wrap(stream, recorder, peer, local)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    /// The fuzz seeds: a pcapng written by `connect --pcap --compress`
+    /// and a pcap of `tcpdump -i lo` (Ethernet).
+    const SEEDS: [(&str, &[u8]); 2] = [
+        (
+            "pcapng",
+            include_bytes!("../../../../fuzz/seeds/pcap_reader/ferrows-connect-deflate.pcapng"),
+        ),
+        (
+            "pcap",
+            include_bytes!("../../../../fuzz/seeds/pcap_reader/tcpdump-lo-ethernet.pcap"),
+        ),
+    ];
+
+    #[test]
+    fn seeds_decode_cleanly() {
+        for (name, bytes) in SEEDS {
+            let d = decode_reader(bytes, tcp::Limits::default()).unwrap();
+            assert_eq!(d.error, None, "{name}");
+            assert_eq!(d.problems, 0, "{name}: {}", d.text);
+            assert_eq!(d.json["websocket_connections"], 1, "{name}");
+        }
+    }
+
+    /// Every truncation, and bytes flipped all over: an error or a report,
+    /// never a panic.
+    #[test]
+    fn truncated_and_corrupted_captures_never_panic() {
+        for (name, bytes) in SEEDS {
+            // Every length through the headers and first packets, then a
+            // sample (each run reads through an 8 MB buffer).
+            let lens = (0..bytes.len()).filter(|l| *l < 300 || l % 11 == 0);
+            for len in lens {
+                match decode_reader(&bytes[..len], tcp::Limits::default()) {
+                    Err(e) => assert!(len < 40, "{name} cut at {len}: {e}"),
+                    Ok(d) => assert!(len >= 4, "{name} cut at {len}: {}", d.text),
+                }
+            }
+            // A deterministic walk of single-byte changes.
+            let mut x: u32 = 0x1234_5678;
+            for _ in 0..500 {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                let mut copy = bytes.to_vec();
+                let at = x as usize % copy.len();
+                copy[at] ^= (x >> 24) as u8 | 1;
+                let _ = decode_reader(&copy[..], tcp::Limits::default());
+            }
+        }
+    }
+
+    #[test]
+    fn tight_limits_still_report() {
+        let limits = tcp::Limits {
+            max_connections: 1,
+            max_bytes_per_direction: 40,
+            reorder_window: 16,
+            max_parked_bytes: 16,
+        };
+        let d = decode_reader(SEEDS[1].1, limits).unwrap();
+        // The handshake does not fit in 40 bytes: reported, not decoded.
+        assert!(
+            d.text.contains("not kept (past the per-direction cap)")
+                || d.text.contains("not a complete HTTP request head"),
+            "{}",
+            d.text
+        );
+    }
+}
