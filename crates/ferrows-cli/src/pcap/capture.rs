@@ -356,7 +356,7 @@ fn write_loop(mut writer: PcapNgWriter<BufWriter<File>>, rx: Receiver<Record>, s
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Flags {
+pub(super) enum Flags {
     /// ACK only (SYN-ACK with `Syn` and an acknowledgment number).
     Ack,
     Syn,
@@ -365,7 +365,7 @@ enum Flags {
 }
 
 /// One IP packet with a TCP segment (checksums computed).
-fn packet(
+pub(super) fn packet(
     src: SocketAddr,
     dst: SocketAddr,
     seq: u32,

@@ -267,6 +267,105 @@ mod tests {
         }
     }
 
+    /// A pcap (raw IP) of one connection: the handshake, then the server's
+    /// frames in segments; `drop` segments are left out, `twice` sent again.
+    fn handmade(segments: &[&[u8]], drop: &[usize], twice: &[usize]) -> Vec<u8> {
+        use capture::{Flags, packet};
+        use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+        let header = PcapHeader {
+            datalink: pcap_file::DataLink::RAW,
+            ..PcapHeader::default()
+        };
+        let mut w = PcapWriter::with_header(Vec::new(), header).unwrap();
+        let c: std::net::SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let s: std::net::SocketAddr = "10.0.0.2:8080".parse().unwrap();
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let req = format!(
+            "GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        let resp = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        let mut t = 0u64;
+        let mut put = |data: Vec<u8>| {
+            t += 1;
+            let p =
+                PcapPacket::new_owned(std::time::Duration::from_millis(t), data.len() as u32, data);
+            w.write_packet(&p).unwrap();
+        };
+        put(packet(c, s, 100, None, Flags::Syn, &[]));
+        put(packet(s, c, 500, Some(101), Flags::Syn, &[]));
+        put(packet(c, s, 101, Some(501), Flags::Psh, req.as_bytes()));
+        put(packet(
+            s,
+            c,
+            501,
+            Some(101 + req.len() as u32),
+            Flags::Psh,
+            resp.as_bytes(),
+        ));
+        let mut seq = 501 + resp.len() as u32;
+        for (i, seg) in segments.iter().enumerate() {
+            if !drop.contains(&i) {
+                put(packet(s, c, seq, Some(101), Flags::Psh, seg));
+            }
+            if twice.contains(&i) {
+                put(packet(s, c, seq, Some(101), Flags::Psh, seg));
+            }
+            seq = seq.wrapping_add(seg.len() as u32);
+        }
+        w.into_writer()
+    }
+
+    #[test]
+    fn frames_resume_after_a_gap_and_retransmissions_are_counted() {
+        let text = |s: &str| {
+            let mut f = vec![0x81, s.len() as u8];
+            f.extend_from_slice(s.as_bytes());
+            f
+        };
+        // Segment 1 holds the end of "second" and the start of "third":
+        // lost. Segment 0 is sent twice.
+        let mut second_third = text("second");
+        second_third.extend(text("third"));
+        let (lost, rest) = second_third.split_at(5);
+        let mut tail = rest.to_vec();
+        tail.extend(text("fourth"));
+        tail.extend(text("fifth"));
+        let first = text("first");
+        let bytes = handmade(&[&first, lost, &tail], &[1], &[0]);
+        let d = decode_reader(&bytes[..], tcp::Limits::default()).unwrap();
+        assert_eq!(d.json["websocket_connections"], 1, "{}", d.text);
+        // "first" is bytes 129-135; then 5 bytes are lost.
+        assert!(
+            d.text.contains("gap: 5 bytes missing at byte 136"),
+            "{}",
+            d.text
+        );
+        // The rest of "second" (3 bytes) is skipped: "third" starts where
+        // headers line up.
+        assert!(
+            d.text
+                .contains("frames resume at byte 144 (3 bytes skipped"),
+            "{}",
+            d.text
+        );
+        let conn = &d.json["connections"][0];
+        let frames: Vec<u64> = conn["directions"][1]["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["payload_len"].as_u64().unwrap())
+            .collect();
+        assert_eq!(frames, vec![5, 5, 6, 5], "{}", d.text);
+        assert_eq!(conn["directions"][1]["retransmissions"], 1);
+        assert!(
+            d.text.contains(
+                "1 gaps (5 bytes missing), 1 retransmitted segments (7 bytes seen twice)"
+            ),
+            "{}",
+            d.text
+        );
+    }
+
     #[test]
     fn tight_limits_still_report() {
         let limits = tcp::Limits {
