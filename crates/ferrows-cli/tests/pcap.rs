@@ -425,6 +425,9 @@ impl Tcpdump {
             let _ = child.wait();
             panic!("tcpdump did not start capturing");
         }
+        // "listening on" can come a moment before the filter sees packets
+        // on a loaded machine.
+        thread::sleep(Duration::from_millis(500));
         Tcpdump { child }
     }
 
@@ -510,7 +513,12 @@ fn tcpdump_of_python_websockets_is_explained() {
 
     let (json, dec) = decode_json(&file);
     assert_eq!(json["format"], "pcap");
-    assert_eq!(json["websocket_connections"], 3, "{json}");
+    assert_eq!(
+        json["websocket_connections"],
+        3,
+        "{}",
+        text(&ferrows(&["decode", "--pcap", file.to_str().unwrap()]).stdout)
+    );
     let conns = json["connections"].as_array().unwrap();
     // 1: plain; its client frames: text, binary, a fragmented text
     // (websockets ends it with an empty continuation), close.
