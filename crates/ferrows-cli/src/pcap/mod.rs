@@ -270,10 +270,21 @@ mod tests {
     /// A pcap (raw IP) of one connection: the handshake, then the server's
     /// frames in segments; `drop` segments are left out, `twice` sent again.
     fn handmade(segments: &[&[u8]], drop: &[usize], twice: &[usize]) -> Vec<u8> {
+        handmade_link(pcap_file::DataLink::RAW, &[], segments, drop, twice)
+    }
+
+    /// Like [`handmade`], each IP packet after a link-layer `prefix`.
+    fn handmade_link(
+        link: pcap_file::DataLink,
+        prefix: &[u8],
+        segments: &[&[u8]],
+        drop: &[usize],
+        twice: &[usize],
+    ) -> Vec<u8> {
         use capture::{Flags, packet};
         use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
         let header = PcapHeader {
-            datalink: pcap_file::DataLink::RAW,
+            datalink: link,
             ..PcapHeader::default()
         };
         let mut w = PcapWriter::with_header(Vec::new(), header).unwrap();
@@ -285,7 +296,9 @@ mod tests {
         );
         let resp = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
         let mut t = 0u64;
-        let mut put = |data: Vec<u8>| {
+        let mut put = |ip: Vec<u8>| {
+            let mut data = prefix.to_vec();
+            data.extend(ip);
             t += 1;
             let p =
                 PcapPacket::new_owned(std::time::Duration::from_millis(t), data.len() as u32, data);
@@ -364,6 +377,37 @@ mod tests {
             "{}",
             d.text
         );
+    }
+
+    #[test]
+    fn every_link_type_is_read() {
+        use pcap_file::DataLink;
+        let mut eth = vec![0u8; 12];
+        eth.extend([0x08, 0x00]);
+        let mut sll = vec![0u8; 14];
+        sll.extend([0x08, 0x00]);
+        let mut sll2 = vec![0x08, 0x00];
+        sll2.extend([0u8; 18]);
+        let cases: [(DataLink, Vec<u8>); 7] = [
+            (DataLink::ETHERNET, eth),
+            (DataLink::LINUX_SLL, sll),
+            (DataLink::LINUX_SLL2, sll2),
+            (DataLink::NULL, 2u32.to_le_bytes().to_vec()),
+            (DataLink::LOOP, 2u32.to_be_bytes().to_vec()),
+            (DataLink::RAW, Vec::new()),
+            (DataLink::IPV4, Vec::new()),
+        ];
+        for (link, prefix) in cases {
+            let bytes = handmade_link(link, &prefix, &[&[0x81, 0x02, b'h', b'i']], &[], &[]);
+            let d = decode_reader(&bytes[..], tcp::Limits::default()).unwrap();
+            assert_eq!(d.json["websocket_connections"], 1, "{link:?}: {}", d.text);
+            assert_eq!(d.problems, 0, "{link:?}: {}", d.text);
+            assert!(d.text.contains("text      \"hi\""), "{link:?}: {}", d.text);
+        }
+        // A link type without IP is skipped with its name, not an error.
+        let bytes = handmade_link(DataLink::USB_LINUX, &[], &[b"x"], &[], &[]);
+        let d = decode_reader(&bytes[..], tcp::Limits::default()).unwrap();
+        assert!(d.text.contains("is not supported"), "{}", d.text);
     }
 
     #[test]
