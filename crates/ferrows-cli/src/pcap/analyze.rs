@@ -426,7 +426,9 @@ pub(crate) fn analyze(n: usize, conn: &Connection) -> Report {
     let limits = HandshakeLimits::default();
 
     // The request.
-    let request = match first(cdir).map(|data| parse_request(data, &limits)) {
+    // Without the SYN the first bytes seen may be anywhere in the stream.
+    let start = first(cdir).filter(|_| !cdir.started_mid_stream);
+    let request = match start.map(|data| parse_request(data, &limits)) {
         Some(Ok(Some((req, len)))) => Some((req, len)),
         Some(Ok(None)) => {
             let note = "the client's first bytes are not a complete HTTP request head";

@@ -270,7 +270,7 @@ mod tests {
     /// A pcap (raw IP) of one connection: the handshake, then the server's
     /// frames in segments; `drop` segments are left out, `twice` sent again.
     fn handmade(segments: &[&[u8]], drop: &[usize], twice: &[usize]) -> Vec<u8> {
-        handmade_link(pcap_file::DataLink::RAW, &[], segments, drop, twice)
+        handmade_link(pcap_file::DataLink::RAW, &[], segments, drop, twice, 0)
     }
 
     /// Like [`handmade`], each IP packet after a link-layer `prefix`.
@@ -280,6 +280,7 @@ mod tests {
         segments: &[&[u8]],
         drop: &[usize],
         twice: &[usize],
+        skip_first: u64,
     ) -> Vec<u8> {
         use capture::{Flags, packet};
         use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
@@ -300,6 +301,9 @@ mod tests {
             let mut data = prefix.to_vec();
             data.extend(ip);
             t += 1;
+            if t <= skip_first {
+                return;
+            }
             let p =
                 PcapPacket::new_owned(std::time::Duration::from_millis(t), data.len() as u32, data);
             w.write_packet(&p).unwrap();
@@ -398,16 +402,31 @@ mod tests {
             (DataLink::IPV4, Vec::new()),
         ];
         for (link, prefix) in cases {
-            let bytes = handmade_link(link, &prefix, &[&[0x81, 0x02, b'h', b'i']], &[], &[]);
+            let bytes = handmade_link(link, &prefix, &[&[0x81, 0x02, b'h', b'i']], &[], &[], 0);
             let d = decode_reader(&bytes[..], tcp::Limits::default()).unwrap();
             assert_eq!(d.json["websocket_connections"], 1, "{link:?}: {}", d.text);
             assert_eq!(d.problems, 0, "{link:?}: {}", d.text);
             assert!(d.text.contains("text      \"hi\""), "{link:?}: {}", d.text);
         }
         // A link type without IP is skipped with its name, not an error.
-        let bytes = handmade_link(DataLink::USB_LINUX, &[], &[b"x"], &[], &[]);
+        let bytes = handmade_link(DataLink::USB_LINUX, &[], &[b"x"], &[], &[], 0);
         let d = decode_reader(&bytes[..], tcp::Limits::default()).unwrap();
         assert!(d.text.contains("is not supported"), "{}", d.text);
+    }
+
+    #[test]
+    fn a_capture_started_after_the_handshake_says_so() {
+        let frame: &[u8] = &[0x81, 0x02, b'h', b'i'];
+        // Without the SYNs, the request and the response.
+        let bytes = handmade_link(pcap_file::DataLink::RAW, &[], &[frame], &[], &[], 4);
+        let d = decode_reader(&bytes[..], tcp::Limits::default()).unwrap();
+        assert!(
+            d.text
+                .contains("the capture starts after the connection was opened"),
+            "{}",
+            d.text
+        );
+        assert_eq!(d.json["websocket_connections"], 0);
     }
 
     #[test]
