@@ -24,6 +24,7 @@ use ferrows::{
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use crate::pcap::{Capture, Recorder};
 use crate::trace::{Traced, Tracer, escape_controls, hex, millis, quoted};
 
 /// Arguments of `ferrows connect`.
@@ -77,6 +78,8 @@ pub(crate) struct ConnectArgs {
     /// commands).
     #[arg(long)]
     no_commands: bool,
+    #[command(flatten)]
+    pcap: crate::pcap::PcapArgs,
 }
 
 /// A number of seconds, possibly fractional: `1`, `0.25`.
@@ -147,10 +150,10 @@ pub(crate) async fn open_stream(
     }
 }
 
-type Ws = WebSocket<Traced<MaybeTlsStream<TcpStream>>>;
+type Ws = WebSocket<Traced<Capture<MaybeTlsStream<TcpStream>>>>;
 
 /// Connects as the flags say; the handshake is traced if asked.
-async fn open(args: &ConnectArgs) -> anyhow::Result<Ws> {
+async fn open(args: &ConnectArgs, recorder: Option<&Recorder>) -> anyhow::Result<Ws> {
     let url = WsUrl::parse(&args.url)?;
     let tls = tls_config(args.ca.as_deref(), args.insecure)?;
     let config = Config::default().compression(args.compress);
@@ -162,7 +165,7 @@ async fn open(args: &ConnectArgs) -> anyhow::Result<Ws> {
         builder = builder.protocol(p.clone());
     }
     let work = async {
-        let stream = open_stream(&url, tls).await?;
+        let stream = crate::pcap::wrap_client(open_stream(&url, tls).await?, recorder);
         let tracer = args.trace.then(|| Tracer::new(Role::Client, ""));
         let (ws, _response) = builder.connect_on(Traced::new(stream, tracer)).await?;
         anyhow::Ok(ws)
@@ -394,7 +397,7 @@ enum ReadEnd {
 type Pings = Arc<Mutex<VecDeque<(Bytes, Instant, bool)>>>;
 
 async fn read_loop(
-    mut reader: WsReader<Traced<MaybeTlsStream<TcpStream>>>,
+    mut reader: WsReader<Traced<Capture<MaybeTlsStream<TcpStream>>>>,
     console: Console,
     json: bool,
     pings: Pings,
@@ -578,7 +581,19 @@ impl Interrupt {
 
 /// `ferrows connect`.
 pub(crate) async fn connect_command(args: ConnectArgs) -> anyhow::Result<ExitCode> {
-    let ws = open(&args).await?;
+    let recorder = args.pcap.recorder(true)?;
+    let result = connect_session(args, recorder.as_ref()).await;
+    if let Some(r) = recorder {
+        r.finish(Duration::from_secs(5));
+    }
+    result
+}
+
+async fn connect_session(
+    args: ConnectArgs,
+    recorder: Option<&Recorder>,
+) -> anyhow::Result<ExitCode> {
+    let ws = open(&args, recorder).await?;
     let mut info = format!("connected to {}", escape_controls(&args.url));
     if let Some(p) = ws.protocol() {
         info.push_str(&format!(", subprotocol {}", quoted(p.as_bytes())));

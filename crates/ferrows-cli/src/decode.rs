@@ -9,6 +9,7 @@
 use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Read as _};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
@@ -41,6 +42,15 @@ pub(crate) struct DecodeArgs {
     /// which is inflated (32 KiB window, context kept across messages).
     #[arg(long)]
     deflate: bool,
+    /// Read a capture file instead (pcap or pcapng, e.g. from tcpdump,
+    /// Wireshark or `--pcap`; `-` for standard input): reassemble its TCP
+    /// connections, find the WebSocket upgrades and explain each
+    /// connection's handshake and frames, both directions.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["hex", "role", "deflate"])]
+    pcap: Option<String>,
+    /// With --pcap: print JSON (one object) instead of text.
+    #[arg(long, requires = "pcap")]
+    json: bool,
 }
 
 /// The receiving end, for `--role`.
@@ -115,6 +125,9 @@ fn compute_accept(key: &str) -> (String, Vec<String>) {
 /// `ferrows decode`: prints the frames; exit status 1 if the input is
 /// malformed or a receiver would fail the connection on it.
 pub(crate) fn decode_command(args: &DecodeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.pcap {
+        return crate::pcap::decode_pcap(path, args.json);
+    }
     let sources: Vec<(String, String)> = if args.hex.is_empty() {
         if std::io::stdin().is_terminal() {
             eprintln!("reading hex from standard input (end with Ctrl-D)");
@@ -222,12 +235,52 @@ struct Report {
     problems: usize,
 }
 
+/// One frame, as `decode --pcap --json` lists it.
+#[derive(Debug, Clone)]
+pub(crate) struct FrameInfo {
+    pub(crate) index: usize,
+    /// Where the frame starts in its byte stream.
+    pub(crate) offset: u64,
+    /// When the segment holding its first byte was captured.
+    pub(crate) time: Option<Duration>,
+    pub(crate) fin: bool,
+    pub(crate) rsv1: bool,
+    pub(crate) opcode: u8,
+    pub(crate) masked: bool,
+    pub(crate) payload_len: u64,
+    /// The whole frame was present.
+    pub(crate) complete: bool,
+    /// A close frame's status code.
+    pub(crate) close_code: Option<u16>,
+}
+
+/// What [`walk_frames`] found in a byte stream.
+#[derive(Debug, Default)]
+pub(crate) struct Walked {
+    pub(crate) text: String,
+    pub(crate) problems: usize,
+    pub(crate) frames: Vec<FrameInfo>,
+    /// The problems, with the frame each belongs to.
+    pub(crate) issues: Vec<(usize, String)>,
+    /// Complete messages a receiver would have delivered.
+    pub(crate) messages: usize,
+}
+
 /// Walks the frames in `bytes`.
 struct Walk {
     out: String,
     problems: usize,
     role: Role,
     deflate: bool,
+    /// The receiver's inflate window and context reset, when `deflate`.
+    inflate: (u8, bool),
+    /// Stream offset of `bytes[0]`, and when each part of it was captured.
+    base: u64,
+    clock: Vec<(u64, Duration)>,
+    frames: Vec<FrameInfo>,
+    issues: Vec<(usize, String)>,
+    current: usize,
+    messages: usize,
     decoder: Decoder,
     /// Set once a receiver would have failed the connection.
     failed_at: Option<usize>,
@@ -237,12 +290,90 @@ struct Walk {
     utf8: Utf8Validator,
 }
 
-fn new_decoder(role: Role, deflate: bool) -> Decoder {
+fn new_decoder(role: Role, deflate: bool, (bits, reset): (u8, bool)) -> Decoder {
     let limits = Limits::default()
         .max_message_size(64 << 20)
         .max_frame_size(64 << 20)
         .max_fragments(usize::MAX);
-    Decoder::new(role, limits, deflate.then(|| Decompressor::new(15, false)))
+    Decoder::new(
+        role,
+        limits,
+        deflate.then(|| Decompressor::new(bits, reset)),
+    )
+}
+
+impl Walk {
+    fn new(out: String, role: Role, inflate: Option<(u8, bool)>) -> Walk {
+        let deflate = inflate.is_some();
+        let inflate = inflate.unwrap_or((15, false));
+        Walk {
+            out,
+            problems: 0,
+            role,
+            deflate,
+            inflate,
+            base: 0,
+            clock: Vec::new(),
+            frames: Vec::new(),
+            issues: Vec::new(),
+            current: 0,
+            messages: 0,
+            decoder: new_decoder(role, deflate, inflate),
+            failed_at: None,
+            message: None,
+            utf8: Utf8Validator::new(),
+        }
+    }
+
+    /// Walks `bytes` frame by frame from frame number `first_index`;
+    /// returns the number of the next frame and the bytes consumed.
+    fn run(&mut self, bytes: &[u8], first_index: usize) -> (usize, usize) {
+        let mut offset = 0;
+        let mut index = first_index;
+        while offset < bytes.len() {
+            let rest = bytes.get(offset..).unwrap_or_default();
+            match self.frame(index, offset, rest) {
+                Some(len) => offset += len,
+                None => {
+                    index += 1;
+                    break;
+                }
+            }
+            index += 1;
+        }
+        (index, offset)
+    }
+
+    /// When the byte at stream offset `at` was captured.
+    fn time_of(&self, at: u64) -> Option<Duration> {
+        let i = self.clock.partition_point(|(o, _)| *o <= at);
+        self.clock.get(i.checked_sub(1)?).map(|(_, t)| *t)
+    }
+}
+
+/// Walks the frames of one direction of a captured connection: `bytes`
+/// start at stream offset `base`; `clock` maps stream offsets to capture
+/// times; `inflate` is the receiver's (window bits, no context takeover)
+/// when permessage-deflate was negotiated.
+pub(crate) fn walk_frames(
+    bytes: &[u8],
+    role: Role,
+    inflate: Option<(u8, bool)>,
+    base: u64,
+    clock: &[(u64, Duration)],
+    first_index: usize,
+) -> Walked {
+    let mut walk = Walk::new(String::new(), role, inflate);
+    walk.base = base;
+    walk.clock = clock.to_vec();
+    walk.run(bytes, first_index);
+    Walked {
+        text: walk.out,
+        problems: walk.problems,
+        frames: walk.frames,
+        issues: walk.issues,
+        messages: walk.messages,
+    }
 }
 
 fn decode(bytes: &[u8], role: Option<RoleArg>, deflate: bool) -> Report {
@@ -270,26 +401,9 @@ fn decode(bytes: &[u8], role: Option<RoleArg>, deflate: bool) -> Report {
     if deflate {
         out.push_str("permessage-deflate: negotiated (--deflate)\n");
     }
-    let mut walk = Walk {
-        out,
-        problems: 0,
-        role,
-        deflate,
-        decoder: new_decoder(role, deflate),
-        failed_at: None,
-        message: None,
-        utf8: Utf8Validator::new(),
-    };
-    let mut offset = 0;
-    let mut index = 0;
-    while offset < bytes.len() {
-        index += 1;
-        let rest = bytes.get(offset..).unwrap_or_default();
-        match walk.frame(index, offset, rest) {
-            Some(len) => offset += len,
-            None => break,
-        }
-    }
+    let mut walk = Walk::new(out, role, deflate.then_some((15, false)));
+    let (next, _) = walk.run(bytes, 1);
+    let index = next - 1;
     let frames = if index == 1 { "frame" } else { "frames" };
     let verdict = match walk.problems {
         0 => "well-formed".to_owned(),
@@ -320,12 +434,17 @@ impl Walk {
 
     fn problem(&mut self, what: impl std::fmt::Display) {
         self.problems += 1;
+        let what = what.to_string();
         let _ = writeln!(self.out, "  problem:  {what}");
+        self.issues.push((self.current, what));
     }
 
     /// Decodes the frame at the start of `rest`; returns its length, or
     /// `None` if the input ends inside it (or cannot be followed further).
     fn frame(&mut self, index: usize, offset: usize, rest: &[u8]) -> Option<usize> {
+        self.current = index;
+        let time = self.time_of(self.base + offset as u64);
+        let offset = self.base + offset as u64;
         let (header, header_len) = match FrameHeader::decode(rest) {
             Ok(HeaderDecode::Complete(h, n)) => (h, n),
             Ok(HeaderDecode::Incomplete(missing)) => {
@@ -358,11 +477,39 @@ impl Walk {
                 (header_len as u64).saturating_add(header.payload_len)
             )
         };
+        let at = time
+            .map(|t| format!(", time {}", clock_text(t)))
+            .unwrap_or_default();
         let _ = writeln!(
             self.out,
-            "\nframe {index} at byte {offset}: {size} (header {header_len}, payload {})",
+            "\nframe {index} at byte {offset}{at}: {size} (header {header_len}, payload {})",
             header.payload_len
         );
+        let close_code = (header.opcode == OpCode::Close && complete)
+            .then(|| rest.get(header_len..header_len + 2))
+            .flatten()
+            .map(|c| {
+                let mut code = [
+                    c.first().copied().unwrap_or(0),
+                    c.get(1).copied().unwrap_or(0),
+                ];
+                if let Some(key) = header.mask {
+                    apply_mask(&mut code, key, 0);
+                }
+                u16::from_be_bytes(code)
+            });
+        self.frames.push(FrameInfo {
+            index,
+            offset,
+            time,
+            fin: header.fin,
+            rsv1: header.rsv1,
+            opcode: header.opcode.as_u8(),
+            masked: header.mask.is_some(),
+            payload_len: header.payload_len,
+            complete,
+            close_code,
+        });
         self.header_fields(&header, header_len);
 
         let mut payload = rest
@@ -617,7 +764,7 @@ impl Walk {
                     if self.failed_at.is_none() {
                         self.failed_at = Some(index);
                     }
-                    self.decoder = new_decoder(self.role, self.deflate);
+                    self.decoder = new_decoder(self.role, self.deflate, self.inflate);
                     self.message = None;
                     break;
                 }
@@ -632,6 +779,7 @@ impl Walk {
             Incoming::Binary(b) => ("binary", b),
             _ => return,
         };
+        self.messages += 1;
         if first == index && !compressed {
             return;
         }
@@ -680,8 +828,13 @@ impl Walk {
     }
 }
 
+/// A capture time as seconds since the epoch, microseconds shown.
+pub(crate) fn clock_text(t: Duration) -> String {
+    format!("{}.{:06}", t.as_secs(), t.subsec_micros())
+}
+
 /// `1 byte`, `2 bytes`.
-fn bytes(n: usize) -> String {
+pub(crate) fn bytes(n: usize) -> String {
     if n == 1 {
         "1 byte".to_owned()
     } else {

@@ -13,6 +13,7 @@ mod hub;
 mod memtrim;
 mod net;
 mod pages;
+mod pcap;
 mod probe;
 mod trace;
 

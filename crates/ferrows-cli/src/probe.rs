@@ -33,6 +33,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::connect::{open_stream, parse_header, parse_secs, tls_config};
+use crate::pcap::{Capture, Recorder};
 use crate::trace::{Traced, Tracer, escape_controls, hex_preview, millis, quoted};
 
 /// Arguments of `ferrows probe`.
@@ -60,9 +61,11 @@ pub(crate) struct ProbeArgs {
     /// Print every handshake and frame, both directions, to stderr.
     #[arg(long)]
     trace: bool,
+    #[command(flatten)]
+    pcap: crate::pcap::PcapArgs,
 }
 
-type Stream = Traced<MaybeTlsStream<TcpStream>>;
+type Stream = Traced<Capture<MaybeTlsStream<TcpStream>>>;
 type Ws = WebSocket<Stream>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +103,7 @@ struct Probe {
     protocols: Vec<String>,
     timeout: Duration,
     trace: bool,
+    recorder: Option<Recorder>,
     ws: Option<Ws>,
     echo: Echo,
     counts: [usize; 4],
@@ -186,6 +190,7 @@ impl Probe {
             })?
             .map_err(|e| HandshakeFailure::Connect(format!("{e:#}")))?;
         let connected = started.elapsed();
+        let stream = crate::pcap::wrap_client(stream, self.recorder.as_ref());
         let tracer = self.trace.then(|| Tracer::new(Role::Client, ""));
         let mut stream = Traced::new(stream, tracer);
         let work = async {
@@ -954,7 +959,7 @@ fn close_text(frame: Option<&CloseFrame>) -> String {
 }
 
 /// The head split at CRLF, as sent: a line may still contain a bare LF.
-fn head_lines(head: &[u8]) -> Vec<Vec<u8>> {
+pub(crate) fn head_lines(head: &[u8]) -> Vec<Vec<u8>> {
     let mut lines = Vec::new();
     let mut rest = head;
     while !rest.is_empty() {
@@ -991,6 +996,7 @@ pub(crate) async fn probe_command(args: ProbeArgs) -> anyhow::Result<ExitCode> {
         protocols: args.subprotocols,
         timeout: args.timeout,
         trace: args.trace,
+        recorder: args.pcap.recorder(true)?,
         ws: None,
         echo: Echo::Unknown,
         counts: [0; 4],
@@ -1084,6 +1090,11 @@ pub(crate) async fn probe_command(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     let [pass, fail, warn, skip] = p.counts;
     let verdict = if fail > 0 { "FAIL" } else { "PASS" };
     println!("result: {verdict} ({pass} pass, {fail} fail, {warn} warn, {skip} skip)");
+    // The last connection's FIN, then the file closed.
+    p.ws = None;
+    if let Some(r) = &p.recorder {
+        r.finish(Duration::from_secs(5));
+    }
     Ok(if fail > 0 {
         ExitCode::from(1)
     } else {

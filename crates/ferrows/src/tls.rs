@@ -2,6 +2,12 @@
 //!
 //! Every config is built with an explicit crypto provider, so nothing
 //! depends on a process-wide default being installed.
+//!
+//! Every config made here honours `SSLKEYLOGFILE`: when it names a file,
+//! the TLS session secrets are appended to it (NSS key log format, what
+//! Wireshark's `tls.keylog_file` reads to decrypt a capture), and a
+//! warning is logged once, since anyone with that file can read the
+//! traffic.
 
 use std::sync::Arc;
 
@@ -20,6 +26,24 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The key log for a new config: rustls' `KeyLogFile` when
+/// `SSLKEYLOGFILE` is set (warned about once per process), else none.
+fn key_log() -> Arc<dyn rustls::KeyLog> {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    match std::env::var_os("SSLKEYLOGFILE") {
+        Some(path) if !path.is_empty() => {
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "SSLKEYLOGFILE is set: TLS session keys are written to {} (anyone with that file can decrypt the captured traffic)",
+                    std::path::Path::new(&path).display()
+                );
+            });
+            Arc::new(rustls::KeyLogFile::new())
+        }
+        _ => Arc::new(rustls::NoKeyLog),
+    }
+}
+
 fn tls_err(e: impl std::fmt::Display) -> Error {
     Error::Tls(e.to_string())
 }
@@ -31,6 +55,7 @@ fn client_with_roots(roots: RootCertStore) -> Result<Arc<ClientConfig>> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.key_log = key_log();
     Ok(Arc::new(config))
 }
 
@@ -87,6 +112,7 @@ pub fn insecure_client_config() -> Result<Arc<ClientConfig>> {
         .with_custom_certificate_verifier(Arc::new(AcceptAnything(provider)))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.key_log = key_log();
     Ok(Arc::new(config))
 }
 
@@ -162,6 +188,7 @@ pub fn server_config(cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<Arc<Server
         .with_single_cert(certs, key)
         .map_err(|e| Error::Tls(format!("certificate and key: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.key_log = key_log();
     Ok(Arc::new(config))
 }
 
