@@ -146,6 +146,8 @@ struct CommonArgs {
     /// directions, prefixed with the peer's address) to stderr.
     #[arg(long)]
     trace: bool,
+    #[command(flatten)]
+    pcap: pcap::PcapArgs,
 }
 
 #[derive(Args, Debug)]
@@ -266,6 +268,7 @@ fn net_options(common: &CommonArgs, config: Config) -> anyhow::Result<NetOptions
         max_pending_per_ip: to_usize(common.max_pending_per_ip),
         origins: common.origins.clone(),
         trace: common.trace,
+        pcap: common.pcap.recorder(false)?,
     })
 }
 

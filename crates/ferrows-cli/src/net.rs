@@ -12,13 +12,18 @@ use ferrows::{Config, Handshake, Listener, MaybeTlsStream, Message, WebSocket};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::pcap::{Capture, Recorder};
 use crate::trace::{Traced, Tracer};
 
 pub(crate) use ferrows::listener::display_addr;
 
 /// The stream every server handles: TCP, or TLS when `--tls-cert` is set,
-/// traced to stderr with `--trace` (a plain pass-through otherwise).
-pub(crate) type Stream = Traced<MaybeTlsStream<TcpStream>>;
+/// its plaintext recorded with `--pcap` and traced to stderr with
+/// `--trace` (plain pass-throughs otherwise).
+pub(crate) type Stream = Traced<Capture<MaybeTlsStream<TcpStream>>>;
+
+/// How long the end of a server waits for `--pcap`'s file to be written.
+const PCAP_FINISH: Duration = Duration::from_secs(2);
 
 /// How long graceful shutdown waits for connections to close.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -37,6 +42,8 @@ pub(crate) struct NetOptions {
     pub(crate) origins: Vec<String>,
     /// Print each connection's handshake and frames to stderr (`--trace`).
     pub(crate) trace: bool,
+    /// Record every connection's plaintext as pcapng (`--pcap`).
+    pub(crate) pcap: Option<Recorder>,
 }
 
 /// One step of a connection's I/O.
@@ -104,13 +111,23 @@ where
         listener = listener.tls(tls);
     }
     let trace = opts.trace;
-    listener
+    let recorder = opts.pcap.clone();
+    let served = listener
         .wrap(move |stream, peer| {
             let tracer = trace
                 .then(|| Tracer::new(ferrows::Role::Server, format!("[{}] ", display_addr(peer))));
-            Traced::new(stream, tracer)
+            let local = stream.get_ref().local_addr().unwrap_or(peer);
+            Traced::new(
+                Capture::wrap(stream, recorder.as_ref(), peer, local),
+                tracer,
+            )
         })
         .serve(move |hs, peer, shutdown| handler(hs, peer, shutdown.into_watch()))
-        .await?;
+        .await;
+    if let Some(recorder) = opts.pcap {
+        // Every connection has ended: write out what they queued.
+        let _ = tokio::task::spawn_blocking(move || recorder.finish(PCAP_FINISH)).await;
+    }
+    served?;
     Ok(())
 }

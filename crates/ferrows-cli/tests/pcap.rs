@@ -891,3 +891,62 @@ fn truncated_and_garbage_files_get_a_clear_error() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("1 WebSocket connections of 1: well-formed"));
 }
+
+/// `serve echo --pcap` and `serve chat --pcap`: the servers record every
+/// connection through the accept loop's stream wrap; what they wrote is
+/// read back by `decode --pcap` and by tshark, frame for frame.
+#[test]
+fn servers_record_their_connections_read_back_by_decode_and_tshark() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = TempDir::new("pcap-serve");
+    for kind in ["echo", "chat"] {
+        let file = dir.0.join(format!("serve-{kind}.pcapng"));
+        let mut args = vec!["serve", kind, "--port", "0", "--bind", "127.0.0.1"];
+        if kind == "chat" {
+            args.extend_from_slice(&["--tick", "0"]);
+        }
+        args.extend_from_slice(&["--pcap", file.to_str().unwrap()]);
+        let mut server = Server::start(&args);
+        let url = format!("ws://127.0.0.1:{}/", server_port(&server));
+        let long = "squeeze me ".repeat(300);
+        // Two connections: one plain, one compressed.
+        for compress in [false, true] {
+            let mut argv = vec!["connect", url.as_str(), "-x", "hello", "-x", &long];
+            if compress {
+                argv.push("--compress");
+            }
+            argv.extend_from_slice(&["-x", "/binary 00 01 02", "-w", "0.5"]);
+            let out = ferrows(&argv);
+            assert!(out.status.success(), "{kind}: {}", text(&out.stderr));
+        }
+        let status = rt.block_on(server.terminate(Duration::from_secs(10)));
+        assert!(status.success(), "{kind}: {}", server.log());
+        let (json, dec) = decode_json(&file);
+        assert!(dec.status.success(), "{kind}: {}", text(&dec.stdout));
+        assert_eq!(json["format"], "pcapng", "{kind}");
+        assert_eq!(json["websocket_connections"], 2, "{kind}: {json}");
+        let ours = our_frames(&json);
+        // Each connection: 3 data frames and a close from the client; the
+        // server's answers (echoes, or chat's msg: and notices) and close.
+        assert_eq!(
+            ours.len(),
+            4,
+            "{kind}: two flows, both directions: {ours:?}"
+        );
+        let client_frames: usize = ours
+            .iter()
+            .filter(|((src, _), _)| *src != server_port(&server))
+            .map(|(_, f)| f.len())
+            .sum();
+        assert_eq!(client_frames, 8, "{kind}: {ours:?}");
+        assert!(
+            ours.values().flatten().any(|f| f.1 == 8),
+            "{kind}: a close frame"
+        );
+        let theirs = tshark_frames(&file, server_port(&server), &[]);
+        assert_eq!(ours, theirs, "{kind}: decode --pcap and tshark disagree");
+    }
+}
