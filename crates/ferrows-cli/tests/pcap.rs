@@ -379,6 +379,7 @@ fn python_with_websockets() -> PathBuf {
 /// `tcpdump -i lo` of one port, stopped (SIGINT) when dropped.
 struct Tcpdump {
     child: Child,
+    file: PathBuf,
 }
 
 impl Tcpdump {
@@ -427,14 +428,28 @@ impl Tcpdump {
         }
         // "listening on" can come a moment before the filter sees packets
         // on a loaded machine.
-        thread::sleep(Duration::from_millis(500));
-        Tcpdump { child }
+        thread::sleep(Duration::from_millis(1000));
+        Tcpdump {
+            child,
+            file: file.to_owned(),
+        }
     }
 
     /// Stops it and waits until the file is complete.
     fn stop(mut self) {
-        // Let the last packets through the kernel's buffer.
-        thread::sleep(Duration::from_millis(500));
+        // Let the last packets through the kernel's buffer: with -U every
+        // packet is written as it comes, so wait (bounded) until the file
+        // has stopped growing for a second.
+        let size = |f: &Path| std::fs::metadata(f).map_or(0, |m| m.len());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let (mut last, mut since) = (size(&self.file), Instant::now());
+        while Instant::now() < deadline && since.elapsed() < Duration::from_secs(1) {
+            thread::sleep(Duration::from_millis(100));
+            let now = size(&self.file);
+            if now != last {
+                (last, since) = (now, Instant::now());
+            }
+        }
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-INT", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(10);
