@@ -391,7 +391,13 @@
     };
   }
 
-  ui.release.addEventListener("click", () => send({ type: "release" }));
+  ui.release.addEventListener("click", () => {
+    // Stop driving at once: a keep-alive sent before the server's answer
+    // arrives (every 100 ms while a key is held) would reach a free lease
+    // and take control straight back.
+    if (role === "driver") { role = "viewer"; showRole(); }
+    send({ type: "release" });
+  });
   ui.tokenForm.addEventListener("submit", (e) => {
     e.preventDefault();
     send({ type: "auth", token: ui.token.value });
