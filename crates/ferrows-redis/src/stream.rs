@@ -313,14 +313,24 @@ impl RedisTx {
         if std::mem::take(&mut self.reset_pending) {
             resume = Resume::Reset;
         } else if let Some(last) = self.last_acked {
-            let reply: Value = redis::cmd("XRANGE")
+            let reply = redis::cmd("XRANGE")
                 .arg(&self.key)
                 .arg(last.to_string())
                 .arg(last.to_string())
-                .query_async(&mut conn)
+                .query_async::<Value>(&mut conn)
                 .await
-                .map_err(|e| self.target.error("XRANGE", &e))?;
-            if last_entry_id(reply) != Some(last) {
+                .map_err(|e| self.target.error("XRANGE", &e));
+            let found = match reply {
+                Ok(reply) => last_entry_id(reply) == Some(last),
+                // Refused (a user without +xrange): assume the worst,
+                // which costs duplicates, not a wedge.
+                Err(e) if e.kind() == TransportErrorKind::Engine => {
+                    tracing::warn!(target: "ferrows::redis", "{e}; publishing again what the relay retained");
+                    false
+                }
+                Err(e) => return Err(e),
+            };
+            if !found {
                 tracing::debug!(target: "ferrows::redis", server = self.target.server(), %last, "the last entry published is gone: Redis lost the stream");
                 resume = Resume::Reset;
             }
