@@ -57,8 +57,14 @@ impl std::fmt::Display for StreamId {
 /// A reading connection (`ferrows-read.<room>`) runs
 /// `XREAD COUNT c BLOCK 1000` from the last id read; a reconnect resumes
 /// there, or from the stream's start when `XINFO STREAM` shows that Redis
-/// lost the stream ([`Resume::Reset`]). A new backplane starts after the
-/// stream's last entry: history is not replayed.
+/// lost the stream ([`Resume::Reset`]). The publisher remembers the id
+/// of its last acknowledged `XADD`; when a reconnect no longer finds that
+/// entry (`XRANGE id id`; needs `+xrange`), Redis lost the stream and its
+/// reconnect says [`Resume::Reset`], so that the relay publishes again
+/// what it had acknowledged within its hold. A publishing connection found
+/// broken is reconnected and the batch tried once more inside `send`.
+/// A new backplane starts after the stream's last entry: history is not
+/// replayed.
 pub struct RedisBackplane {
     target: Target,
     options: RedisOptions,
