@@ -201,7 +201,8 @@ pub struct RelayStats {
     /// [`RelayConfig::hold`] before. Receivers drop the copies they had
     /// already read; not counted again in `published`.
     pub republished: u64,
-    /// Entries sent again after a failed send.
+    /// Entries sent again after a failed send (not counting `republished`
+    /// ones).
     pub retried: u64,
     /// Entries read from other nodes (this node's own are not counted).
     pub received: u64,
@@ -918,17 +919,23 @@ async fn publisher<T: BackplaneTx>(shared: Arc<Shared>, mut tx: T) {
             shared.queued.notified().await;
             continue;
         };
-        let retried = batch.iter().filter(|e| e.seq <= failed_upto).count();
-        add(&shared.counters.retried, retried as u64);
-        let again = {
+        // Entries queued again after a lost log count as republished, not
+        // as published or retried a second time.
+        let (again, retried) = {
             let outbox = shared.outbox();
             outbox
                 .queue
                 .iter()
                 .take(batch.len())
-                .filter(|q| q.again)
-                .count()
+                .fold((0, 0), |(again, retried), q| {
+                    if q.again {
+                        (again + 1, retried)
+                    } else {
+                        (again, retried + u64::from(q.entry.seq <= failed_upto))
+                    }
+                })
         };
+        add(&shared.counters.retried, retried);
         let result = tokio::time::timeout(config.reply_timeout, tx.send(&batch))
             .await
             .unwrap_or_else(|_| Err(timeout_error("send", config.reply_timeout)));
