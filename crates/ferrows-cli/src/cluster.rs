@@ -251,6 +251,7 @@ impl Cluster {
                 "delivered": s.delivered_remote,
                 "lost": s.lost,
                 "not_sent": s.not_sent,
+                "republished": s.republished,
                 "retried": s.retried,
                 "duplicates_dropped": s.duplicates_dropped,
                 "foreign_version": s.foreign_version,
@@ -329,6 +330,7 @@ pub(crate) async fn notices(cluster: Arc<Cluster>, mut events: RelayEvents) {
                         node = %cluster.node,
                         published = s.published, received = s.received,
                         delivered = s.delivered_remote, lost = s.lost, not_sent = s.not_sent,
+                        republished = s.republished,
                         duplicates_dropped = s.duplicates_dropped, reconnects = s.reconnects,
                         resumes = s.resumes, stream_resets = s.stream_resets,
                         down_seconds = s.down_seconds, "backplane counters"

@@ -57,8 +57,14 @@ impl std::fmt::Display for StreamId {
 /// A reading connection (`ferrows-read.<room>`) runs
 /// `XREAD COUNT c BLOCK 1000` from the last id read; a reconnect resumes
 /// there, or from the stream's start when `XINFO STREAM` shows that Redis
-/// lost the stream ([`Resume::Reset`]). A new backplane starts after the
-/// stream's last entry: history is not replayed.
+/// lost the stream ([`Resume::Reset`]). The publisher remembers the id
+/// of its last acknowledged `XADD`; when a reconnect no longer finds that
+/// entry (`XRANGE id id`; needs `+xrange`), Redis lost the stream and its
+/// reconnect says [`Resume::Reset`], so that the relay publishes again
+/// what it had acknowledged within its hold. A publishing connection found
+/// broken is reconnected and the batch tried once more inside `send`.
+/// A new backplane starts after the stream's last entry: history is not
+/// replayed.
 pub struct RedisBackplane {
     target: Target,
     options: RedisOptions,
@@ -142,6 +148,8 @@ impl Backplane for RedisBackplane {
             max_entry: self.options.max_entry(),
             conn: Some(self.tx),
             warned_oversize: false,
+            last_acked: None,
+            reset_pending: false,
         };
         let rx = RedisRx {
             target: self.target,
@@ -166,6 +174,11 @@ pub struct RedisTx {
     max_entry: usize,
     conn: Option<MultiplexedConnection>,
     warned_oversize: bool,
+    /// The id Redis gave the last entry it acknowledged.
+    last_acked: Option<StreamId>,
+    /// A reconnect inside `send` found the stream lost: the next
+    /// `reconnect` says [`Resume::Reset`].
+    reset_pending: bool,
 }
 
 /// Reading half.
@@ -193,6 +206,7 @@ impl RedisTx {
     async fn publish(&mut self, batch: &[Entry]) -> Result<(), TransportError> {
         let mut pipe = redis::pipe();
         let mut skipped = 0u64;
+        let mut added = 0usize;
         for entry in batch {
             let (kind, payload): (&[u8], &[u8]) = match &entry.message {
                 Message::Text(t) => (b"t", t.as_bytes()),
@@ -218,8 +232,8 @@ impl RedisTx {
                 .arg("k")
                 .arg(kind)
                 .arg("d")
-                .arg(payload)
-                .ignore();
+                .arg(payload);
+            added += 1;
         }
         if skipped > 0 && !self.warned_oversize {
             self.warned_oversize = true;
@@ -239,8 +253,20 @@ impl RedisTx {
             .conn
             .as_mut()
             .ok_or_else(|| not_connected(&self.target))?;
-        match pipe.exec_async(conn).await {
-            Ok(()) => Ok(()),
+        match pipe.query_async::<Vec<Value>>(conn).await {
+            Ok(ids) => {
+                // The id of the last XADD: what a reconnect checks for.
+                if let Some(id) = ids
+                    .into_iter()
+                    .take(added)
+                    .next_back()
+                    .and_then(bytes_of)
+                    .and_then(|b| StreamId::parse(&b))
+                {
+                    self.last_acked = Some(id);
+                }
+                Ok(())
+            }
             Err(e) => {
                 let err = self.target.error("XADD", &e);
                 if err.kind() != TransportErrorKind::Engine {
@@ -250,23 +276,88 @@ impl RedisTx {
             }
         }
     }
+
+    /// Publishes `batch`; if the connection turns out broken (as it is
+    /// after a Redis restart while this node was idle), reconnects and
+    /// tries once more, unless Redis lost the stream meanwhile: the relay
+    /// must then publish its retained entries first, so the error is
+    /// returned and the reset reported by the next reconnect.
+    async fn send_batch(&mut self, batch: &[Entry]) -> Result<(), TransportError> {
+        match self.publish(batch).await {
+            Err(e) if e.kind() == TransportErrorKind::Connection && !self.reset_pending => {
+                tracing::debug!(target: "ferrows::redis", server = self.target.server(), error = %e, "publishing connection broken: reconnecting once");
+                match self.resume().await? {
+                    Resume::Continued => self.publish(batch).await,
+                    _ => {
+                        self.reset_pending = true;
+                        Err(TransportError::new(
+                            TransportErrorKind::Connection,
+                            format!("{} lost the stream (restarted?)", self.target.server()),
+                        ))
+                    }
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Connects again and checks whether the entry of the last
+    /// acknowledged XADD is still in the stream. `last-generated-id` alone
+    /// would not tell: once another node has published to the new stream
+    /// of a restarted Redis, it is past ours although ours are gone. So:
+    /// `XRANGE key id id` empty → [`Resume::Reset`]. An entry trimmed by
+    /// `MAXLEN` meanwhile also reads as a reset; that costs duplicates
+    /// that receivers drop, never a loss.
+    async fn resume(&mut self) -> Result<Resume, TransportError> {
+        self.conn = None;
+        let mut conn = self
+            .target
+            .connect_once(&self.name, WRITE_TIMEOUT, RECONNECT_ATTEMPT)
+            .await
+            .map_err(|f| f.error)?;
+        let mut resume = Resume::Continued;
+        if std::mem::take(&mut self.reset_pending) {
+            resume = Resume::Reset;
+        } else if let Some(last) = self.last_acked {
+            let reply = redis::cmd("XRANGE")
+                .arg(&self.key)
+                .arg(last.to_string())
+                .arg(last.to_string())
+                .query_async::<Value>(&mut conn)
+                .await
+                .map_err(|e| self.target.error("XRANGE", &e));
+            let found = match reply {
+                Ok(reply) => last_entry_id(reply) == Some(last),
+                // Refused (a user without +xrange): assume the worst,
+                // which costs duplicates, not a wedge.
+                Err(e) if e.kind() == TransportErrorKind::Engine => {
+                    tracing::warn!(target: "ferrows::redis", "{e}; publishing again what the relay retained");
+                    false
+                }
+                Err(e) => return Err(e),
+            };
+            if !found {
+                tracing::debug!(target: "ferrows::redis", server = self.target.server(), %last, "the last entry published is gone: Redis lost the stream");
+                resume = Resume::Reset;
+            }
+        }
+        if resume == Resume::Reset {
+            self.last_acked = None;
+        }
+        self.conn = Some(conn);
+        Ok(resume)
+    }
 }
 
 impl BackplaneTx for RedisTx {
     fn send<'a>(&'a mut self, batch: &'a [Entry]) -> BoxFuture<'a, Result<(), TransportError>> {
-        Box::pin(self.publish(batch))
+        Box::pin(self.send_batch(batch))
     }
-    fn reconnect(&mut self) -> BoxFuture<'_, Result<(), TransportError>> {
-        Box::pin(async move {
-            self.conn = None;
-            let conn = self
-                .target
-                .connect_once(&self.name, WRITE_TIMEOUT, RECONNECT_ATTEMPT)
-                .await
-                .map_err(|f| f.error)?;
-            self.conn = Some(conn);
-            Ok(())
-        })
+    fn reconnect(&mut self) -> BoxFuture<'_, Result<Resume, TransportError>> {
+        Box::pin(self.resume())
+    }
+    fn max_entry_bytes(&self) -> Option<usize> {
+        Some(self.max_entry)
     }
 }
 

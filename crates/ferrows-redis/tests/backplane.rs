@@ -223,6 +223,51 @@ async fn redis_killed_and_restarted_inside_the_hold_loses_nothing() {
     );
 }
 
+/// Entries Redis acknowledged but a stalled node had not read yet die
+/// with a Redis killed (-9, no persistence) and restarted inside the hold:
+/// the publisher finds its last entry gone and publishes again what it
+/// acknowledged within the hold, so the stalled node loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_under_a_stalled_reader_loses_nothing() {
+    let mut redis = RedisServer::start();
+    let user_on: [&[u8]; 7] = [
+        b"ACL", b"SETUSER", b"slow", b"on", b">slowpw", b"~*", b"+@all",
+    ];
+    redis.cmd(&user_on).await.unwrap();
+    let a = Node::plain(&redis).await;
+    let url_b = format!("redis://slow:slowpw@127.0.0.1:{}/", redis.port());
+    let b = Node::start(&url_b, RedisOptions::new(ROOM).unwrap()).await;
+    send(&a, 0, 50, 200).await;
+    b.wait_for("49", Duration::from_secs(10)).await;
+    // b stalls: it cannot read any more.
+    redis
+        .cmd(&[b"ACL", b"SETUSER", b"slow", b"off"])
+        .await
+        .unwrap();
+    redis
+        .cmd(&[b"CLIENT", b"KILL", b"USER", b"slow"])
+        .await
+        .unwrap();
+    send(&a, 50, 150, 400).await;
+    a.wait_idle().await;
+    assert_eq!(a.stats().published, 150);
+    let len = redis.xlen(KEY).await;
+    assert_eq!(len, 150, "all acknowledged by Redis");
+    let killed = Instant::now();
+    redis.restart();
+    // The restarted Redis has no ACL user either: b may read again.
+    redis.cmd(&user_on).await.unwrap();
+    eprintln!("restarted in {:?}", killed.elapsed());
+    send(&a, 150, 250, 200).await;
+    let sent = finish(&a, &b, 250).await;
+    let (sa, sb) = (a.stats(), b.stats());
+    eprintln!("stalled reader: sent {sent}, a {sa:?}, b {sb:?}");
+    check(&b.got(), sent, &sb);
+    assert_eq!((sa.not_sent, sb.lost), (0, 0), "{sa:?} {sb:?}");
+    assert!(sa.republished >= 100, "{sa:?}");
+    assert!(sb.stream_resets + sb.resumes >= 1, "{sb:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_beyond_the_hold_loses_exactly_what_was_not_sent() {
     let mut redis = RedisServer::start();
@@ -549,7 +594,7 @@ async fn a_wrong_or_missing_password_is_a_clear_error_without_the_password() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_acl_is_enough() {
     let redis = RedisServer::start();
-    let acl = "ferrows on >acl-pw ~ferrows:* +xadd +xread +xrevrange +xinfo|stream +pexpire +set +get +time +ping +client|setname";
+    let acl = "ferrows on >acl-pw ~ferrows:* +xadd +xrange +xread +xrevrange +xinfo|stream +pexpire +set +get +time +ping +client|setname";
     let mut args: Vec<&[u8]> = vec![b"ACL", b"SETUSER"];
     args.extend(acl.split(' ').map(str::as_bytes));
     redis.cmd(&args).await.unwrap();
@@ -563,6 +608,13 @@ async fn the_documented_acl_is_enough() {
     let sb = b.stats();
     check(&b.got(), sent, &sb);
     assert!(sb.resumes >= 1 && sb.lost == 0, "{sb:?}");
+    // The publisher's connection broken while idle: reconnected and
+    // checked (XRANGE) inside the next send, nothing published again.
+    assert!(redis.client_kill(&format!("ferrows-pub.{ROOM}")).await >= 2);
+    let sent = finish(&a, &b, sent).await;
+    let (sa, sb) = (a.stats(), b.stats());
+    check(&b.got(), sent, &sb);
+    assert_eq!((sa.republished, sb.lost), (0, 0), "{sa:?} {sb:?}");
     let clock =
         ferrows_redis::RoomClock::join(&url, ROOM, Duration::from_secs(1), Duration::from_secs(2))
             .await

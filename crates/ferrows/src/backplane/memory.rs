@@ -80,6 +80,7 @@ struct BusState {
     drop_next: u64,
     lose_replies: u64,
     reconnects: VecDeque<Instant>,
+    max_entry: Option<usize>,
 }
 
 impl Default for Bus {
@@ -117,6 +118,7 @@ impl Bus {
                     drop_next: 0,
                     lose_replies: 0,
                     reconnects: VecDeque::new(),
+                    max_entry: None,
                 }),
                 changed: Notify::new(),
             }),
@@ -130,6 +132,14 @@ impl Bus {
             s.max_len = entries.max(1);
             s.trim();
         }
+        self
+    }
+
+    /// The largest payload its publishers accept
+    /// ([`BackplaneTx::max_entry_bytes`]), as a transport with a size limit.
+    /// Default: none.
+    pub fn max_entry_bytes(self, bytes: usize) -> Bus {
+        self.state().max_entry = Some(bytes);
         self
     }
 
@@ -202,8 +212,9 @@ impl Bus {
     }
 
     /// Loses the whole log, as a restart without persistence: connections
-    /// break, and readers that reconnect get [`Resume::Reset`] and read the
-    /// new log from its start.
+    /// break, readers that reconnect get [`Resume::Reset`] and read the
+    /// new log from its start, and publishers that reconnect get
+    /// [`Resume::Reset`] too.
     pub fn reset(&self) {
         self.fail_over(usize::MAX);
     }
@@ -432,8 +443,19 @@ impl BackplaneTx for MemoryTx {
         })
     }
 
-    fn reconnect(&mut self) -> BoxFuture<'_, Result<(), TransportError>> {
-        Box::pin(async move { self.conn.reconnect().map(|_| ()) })
+    fn max_entry_bytes(&self) -> Option<usize> {
+        self.conn.bus.state().max_entry
+    }
+
+    fn reconnect(&mut self) -> BoxFuture<'_, Result<Resume, TransportError>> {
+        Box::pin(async move {
+            let old_epoch = self.conn.reconnect()?;
+            Ok(if old_epoch == self.conn.epoch {
+                Resume::Continued
+            } else {
+                Resume::Reset
+            })
+        })
     }
 }
 

@@ -146,7 +146,8 @@ impl Batch {
     }
 }
 
-/// How a reader came back after [`BackplaneRx::reconnect`].
+/// How a reader or a publisher came back after [`BackplaneRx::reconnect`]
+/// or [`BackplaneTx::reconnect`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Resume {
@@ -225,8 +226,22 @@ pub trait BackplaneTx: Send + 'static {
     /// drop the duplicates).
     fn send<'a>(&'a mut self, batch: &'a [Entry]) -> BoxFuture<'a, Result<(), TransportError>>;
 
-    /// Reconnects after an error (one attempt; the relay owns the backoff).
-    fn reconnect(&mut self) -> BoxFuture<'_, Result<(), TransportError>>;
+    /// Reconnects after an error (one attempt; the relay owns the backoff)
+    /// and says whether the engine still holds what this publisher had
+    /// published ([`Resume::Continued`]) or lost its log meanwhile
+    /// ([`Resume::Reset`]: a restart without persistence, a failover, a
+    /// flush). On a reset the relay publishes again the entries it keeps
+    /// for [`RelayConfig::hold`] after their acknowledgement; receivers drop
+    /// those they had already read. When unsure, say `Reset`: the cost is
+    /// duplicates that receivers drop.
+    fn reconnect(&mut self) -> BoxFuture<'_, Result<Resume, TransportError>>;
+
+    /// The largest payload this transport publishes, if it has a limit:
+    /// the relay refuses larger broadcasts (counted `not_sent`). Default:
+    /// no limit.
+    fn max_entry_bytes(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The reading half of a transport.

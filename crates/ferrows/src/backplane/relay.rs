@@ -31,12 +31,17 @@ const DOWN_LOG_EVERY: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
     /// How long an entry may wait in the outbox (the backplane being down
-    /// or slow) before it is dropped and counted `not_sent`. Default: 2 s.
+    /// or slow) before it is dropped and counted `not_sent`; also how long
+    /// a published entry is kept after the engine acknowledged it, to be
+    /// published again if the engine turns out to have lost its log
+    /// (counted `republished`). Default: 2 s.
     pub hold: Duration,
     /// The most entries the outbox holds (at least 1); broadcasts beyond it
-    /// are counted `not_sent`. Default: 1024.
+    /// are counted `not_sent`. Acknowledged entries are kept within the
+    /// same number again (the oldest dropped first). Default: 1024.
     pub outbox_entries: usize,
-    /// The most payload bytes the outbox holds. Default: 16 MiB.
+    /// The most payload bytes the outbox holds; acknowledged entries are
+    /// kept within the same number again. Default: 16 MiB.
     pub outbox_bytes: usize,
     /// The most entries per send (at least 1). Default: 256.
     pub batch: usize,
@@ -186,10 +191,18 @@ pub enum RelayEvent {
 pub struct RelayStats {
     /// Entries published to the backplane.
     pub published: u64,
-    /// Entries broadcast here but never published (outbox full, or older
-    /// than [`RelayConfig::hold`]).
+    /// Entries broadcast here but never published (outbox full, older
+    /// than [`RelayConfig::hold`], or larger than the transport's
+    /// [`BackplaneTx::max_entry_bytes`]).
     pub not_sent: u64,
-    /// Entries sent again after a failed send.
+    /// Entries published, acknowledged, then published again because the
+    /// publisher found on reconnecting that the engine had lost its log
+    /// (a restart without persistence): those acknowledged within
+    /// [`RelayConfig::hold`] before. Receivers drop the copies they had
+    /// already read; not counted again in `published`.
+    pub republished: u64,
+    /// Entries sent again after a failed send (not counting `republished`
+    /// ones).
     pub retried: u64,
     /// Entries read from other nodes (this node's own are not counted).
     pub received: u64,
@@ -314,9 +327,11 @@ impl Relay {
         let config = config.sane();
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (tx, rx) = backplane.split();
         let shared = Arc::new(Shared {
             hub,
             node,
+            max_entry: tx.max_entry_bytes(),
             outbox: Mutex::new(Outbox::default()),
             queued: Notify::new(),
             counters: Counters::default(),
@@ -327,7 +342,6 @@ impl Relay {
             tasks: AtomicUsize::new(2),
             config,
         });
-        let (tx, rx) = backplane.split();
         tokio::spawn(run_until_stopped(
             publisher(shared.clone(), tx),
             stop_rx.clone(),
@@ -348,7 +362,8 @@ impl Relay {
     /// many queued it), and queues it for the other nodes. Never waits: if
     /// the outbox is full the message is counted `not_sent`, and its
     /// sequence number is used anyway so that the other nodes see the gap.
-    /// Messages other than text and binary are delivered locally only.
+    /// So is a message larger than the transport's limit
+    /// ([`BackplaneTx::max_entry_bytes`]). Messages other than text and binary are delivered locally only.
     pub fn broadcast(&self, message: impl Into<Message>) -> usize {
         let message = message.into();
         let shared = &self.shared;
@@ -366,10 +381,15 @@ impl Relay {
         };
         let expired = outbox.expire(now, shared.config.hold);
         let fits = outbox.queue.len() < shared.config.outbox_entries
-            && outbox.bytes.saturating_add(entry.len()) <= shared.config.outbox_bytes;
+            && outbox.bytes.saturating_add(entry.len()) <= shared.config.outbox_bytes
+            && shared.max_entry.is_none_or(|max| entry.len() <= max);
         if fits {
             outbox.bytes += entry.len();
-            outbox.queue.push_back(Queued { at: now, entry });
+            outbox.queue.push_back(Queued {
+                at: now,
+                entry,
+                again: false,
+            });
         }
         drop(outbox);
         let not_sent = expired + u64::from(!fits);
@@ -404,6 +424,7 @@ impl Relay {
         RelayStats {
             published: get(&c.published),
             not_sent: get(&c.not_sent),
+            republished: get(&c.republished),
             retried: get(&c.retried),
             received: get(&c.received),
             delivered_remote: get(&c.delivered_remote),
@@ -502,6 +523,8 @@ struct Shared {
     hub: Hub,
     node: NodeId,
     config: RelayConfig,
+    /// The transport's payload limit.
+    max_entry: Option<usize>,
     outbox: Mutex<Outbox>,
     /// Woken when an entry is queued.
     queued: Notify,
@@ -519,6 +542,7 @@ struct Shared {
 struct Counters {
     published: AtomicU64,
     not_sent: AtomicU64,
+    republished: AtomicU64,
     retried: AtomicU64,
     received: AtomicU64,
     delivered_remote: AtomicU64,
@@ -728,6 +752,11 @@ struct Outbox {
     queue: VecDeque<Queued>,
     /// The payload bytes in `queue`.
     bytes: usize,
+    /// Entries the engine acknowledged within the last `hold` (`at` is
+    /// when), oldest first: published again if it lost its log.
+    acked: VecDeque<Queued>,
+    /// The payload bytes in `acked`.
+    acked_bytes: usize,
     /// The last sequence number given out.
     seq: u64,
     /// Entries up to this seq are being sent: not expired meanwhile.
@@ -737,27 +766,76 @@ struct Outbox {
 struct Queued {
     at: Instant,
     entry: Entry,
+    /// Queued again after the engine lost its log: already counted
+    /// `published` (and `republished`), never `not_sent`.
+    again: bool,
 }
 
 impl Outbox {
-    /// Drops the entries older than `hold` (except those being sent);
-    /// returns how many.
+    /// Drops the entries older than `hold` (except those being sent), and
+    /// the acknowledged ones older than `hold`; returns how many never
+    /// published were dropped.
     fn expire(&mut self, now: Instant, hold: Duration) -> u64 {
         let mut dropped = 0;
         while let Some(front) = self.queue.front() {
             if front.entry.seq <= self.sending_upto || now.duration_since(front.at) <= hold {
                 break;
             }
+            if !front.again {
+                dropped += 1;
+            }
             self.pop();
-            dropped += 1;
+        }
+        while self
+            .acked
+            .front()
+            .is_some_and(|q| now.duration_since(q.at) > hold)
+        {
+            self.pop_acked();
         }
         dropped
     }
 
-    fn pop(&mut self) {
-        if let Some(q) = self.queue.pop_front() {
-            self.bytes = self.bytes.saturating_sub(q.entry.len());
+    fn pop(&mut self) -> Option<Queued> {
+        let q = self.queue.pop_front()?;
+        self.bytes = self.bytes.saturating_sub(q.entry.len());
+        Some(q)
+    }
+
+    fn pop_acked(&mut self) {
+        if let Some(q) = self.acked.pop_front() {
+            self.acked_bytes = self.acked_bytes.saturating_sub(q.entry.len());
         }
+    }
+
+    /// Moves the queued entries up to `upto` to the acknowledged ones (at
+    /// `now`), keeping those within `entries` and `bytes`.
+    fn acknowledge(&mut self, upto: u64, now: Instant, entries: usize, bytes: usize) {
+        while self.queue.front().is_some_and(|q| q.entry.seq <= upto) {
+            if let Some(mut q) = self.pop() {
+                q.at = now;
+                self.acked_bytes += q.entry.len();
+                self.acked.push_back(q);
+            }
+        }
+        while self.acked.len() > entries || self.acked_bytes > bytes {
+            self.pop_acked();
+        }
+    }
+
+    /// Puts the acknowledged entries back at the front of the queue (they
+    /// precede every queued one), to be sent again from `now` on; returns
+    /// how many.
+    fn requeue_acked(&mut self, now: Instant) -> u64 {
+        let n = self.acked.len() as u64;
+        while let Some(mut q) = self.acked.pop_back() {
+            self.acked_bytes = self.acked_bytes.saturating_sub(q.entry.len());
+            self.bytes += q.entry.len();
+            q.at = now;
+            q.again = true;
+            self.queue.push_front(q);
+        }
+        n
     }
 }
 
@@ -841,8 +919,23 @@ async fn publisher<T: BackplaneTx>(shared: Arc<Shared>, mut tx: T) {
             shared.queued.notified().await;
             continue;
         };
-        let retried = batch.iter().filter(|e| e.seq <= failed_upto).count();
-        add(&shared.counters.retried, retried as u64);
+        // Entries queued again after a lost log count as republished, not
+        // as published or retried a second time.
+        let (again, retried) = {
+            let outbox = shared.outbox();
+            outbox
+                .queue
+                .iter()
+                .take(batch.len())
+                .fold((0, 0), |(again, retried), q| {
+                    if q.again {
+                        (again + 1, retried)
+                    } else {
+                        (again, retried + u64::from(q.entry.seq <= failed_upto))
+                    }
+                })
+        };
+        add(&shared.counters.retried, retried);
         let result = tokio::time::timeout(config.reply_timeout, tx.send(&batch))
             .await
             .unwrap_or_else(|_| Err(timeout_error("send", config.reply_timeout)));
@@ -850,21 +943,47 @@ async fn publisher<T: BackplaneTx>(shared: Arc<Shared>, mut tx: T) {
             let mut outbox = shared.outbox();
             outbox.sending_upto = 0;
             if result.is_ok() {
-                while outbox.queue.front().is_some_and(|q| q.entry.seq <= upto) {
-                    outbox.pop();
-                }
+                outbox.acknowledge(
+                    upto,
+                    Instant::now(),
+                    config.outbox_entries,
+                    config.outbox_bytes,
+                );
             }
         }
         match result {
             Ok(()) => {
-                add(&shared.counters.published, batch.len() as u64);
+                add(
+                    &shared.counters.published,
+                    batch.len().saturating_sub(again) as u64,
+                );
                 backoff.reset();
                 shared.working(Half::Publisher);
             }
             Err(e) => {
                 failed_upto = upto;
                 shared.failed(Half::Publisher, &e);
-                reconnect(&shared, &mut backoff, &mut tx, T::reconnect).await;
+                let resume = reconnect(&shared, &mut backoff, &mut tx, T::reconnect).await;
+                if resume == Resume::Reset {
+                    let now = Instant::now();
+                    let republished = {
+                        let mut outbox = shared.outbox();
+                        // Only what was acknowledged within the hold.
+                        let expired = outbox.expire(now, config.hold);
+                        if expired > 0 {
+                            shared.not_sent(expired);
+                        }
+                        outbox.requeue_acked(now)
+                    };
+                    add(&shared.counters.republished, republished);
+                    tracing::warn!(
+                        target: "ferrows::relay",
+                        node = %config.name,
+                        "the backplane lost its log: publishing again the {republished} messages \
+                         it had acknowledged in the last {:.1} s",
+                        config.hold.as_secs_f64()
+                    );
+                }
             }
         }
     }
@@ -1531,6 +1650,104 @@ mod tests {
         assert_eq!(drain(&mut mb), ["m7"]);
         let s = b.stats();
         assert_eq!((s.stream_resets, s.lost), (2, 0));
+    }
+
+    /// A publishes m1..m5 (acknowledged) while B's reader is away
+    /// reconnecting and C reads them; then the engine loses its log.
+    async fn acked_then_reset(
+        bus: &Bus,
+        a_config: RelayConfig,
+    ) -> (Relay, Relay, Relay, Member, Member) {
+        let a = relay(bus, 1, a_config.backoff_min(Duration::from_millis(10)));
+        let b = relay(
+            bus,
+            2,
+            config()
+                .backoff_min(Duration::from_secs(1))
+                .backoff_max(Duration::from_secs(1)),
+        );
+        let c = relay(bus, 3, config());
+        let (mut mb, mut mc) = (b.hub().join(), c.hub().join());
+        a.broadcast("m0");
+        assert_eq!(next_text(&mut mb).await, "m0");
+        assert_eq!(next_text(&mut mc).await, "m0");
+        // B's reader now waits about 1 s to reconnect, C's about 0.1 s.
+        bus.kill_connections();
+        for i in 1..=5 {
+            a.broadcast(format!("m{i}"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(a.stats().published, 6, "acknowledged");
+        assert_eq!(drain(&mut mc), ["m1", "m2", "m3", "m4", "m5"]);
+        assert!(drain(&mut mb).is_empty(), "B is not reading yet");
+        // A restart without persistence.
+        bus.reset();
+        (a, b, c, mb, mc)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn acknowledged_entries_are_published_again_after_a_reset() {
+        let bus = Bus::new();
+        let (a, b, c, mut mb, mut mc) = acked_then_reset(&bus, config()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a.broadcast("m6");
+        settle().await;
+        // B never read m1..m5 before the log was lost: it gets them from
+        // the new log, in order, once; C drops the copies (and both drop
+        // m0's, acknowledged within the hold too).
+        assert_eq!(drain(&mut mb), ["m1", "m2", "m3", "m4", "m5", "m6"]);
+        assert_eq!(drain(&mut mc), ["m6"]);
+        let (sa, sb, sc) = (a.stats(), b.stats(), c.stats());
+        assert_eq!((sa.published, sa.republished, sa.not_sent), (7, 6, 0));
+        assert_eq!(
+            (sb.lost, sb.duplicates_dropped, sb.delivered_remote),
+            (0, 1, 7)
+        );
+        assert_eq!(
+            (sc.lost, sc.duplicates_dropped, sc.delivered_remote),
+            (0, 6, 7)
+        );
+        assert_eq!(a.state(), BackplaneState::Up);
+        // Republished entries are acknowledged again, not twice retained.
+        assert_eq!(sa.outbox_depth, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retained_entries_are_bounded_and_expire_after_the_hold() {
+        // Bounded: 3 of the 5 acknowledged are retained.
+        let bus = Bus::new();
+        let (a, b, _c, mut mb, _) = acked_then_reset(&bus, config().outbox_entries(3)).await;
+        a.broadcast("m6");
+        settle().await;
+        assert_eq!(drain(&mut mb), ["m3", "m4", "m5", "m6"]);
+        assert_eq!((a.stats().republished, b.stats().lost), (3, 2));
+        // Expired: the next broadcast comes after the 2 s hold.
+        let bus = Bus::new();
+        let (a, b, _c, mut mb, _) = acked_then_reset(&bus, config()).await;
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        a.broadcast("m6");
+        settle().await;
+        assert_eq!(drain(&mut mb), ["m6"]);
+        let (sa, sb) = (a.stats(), b.stats());
+        assert_eq!((sa.republished, sa.not_sent, sb.lost), (0, 0, 5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_over_the_transport_limit_is_not_sent() {
+        let bus = Bus::new().max_entry_bytes(4);
+        let a = relay(&bus, 1, config());
+        let b = relay(&bus, 2, config());
+        let (mut ma, mut mb) = (a.hub().join(), b.hub().join());
+        for m in ["m1", "toolong", "m3"] {
+            a.broadcast(m);
+        }
+        settle().await;
+        assert_eq!(drain(&mut ma), ["m1", "toolong", "m3"], "local first");
+        assert_eq!(drain(&mut mb), ["m1", "m3"]);
+        let sa = a.stats();
+        assert_eq!((sa.published, sa.not_sent), (2, 1));
+        assert_eq!(b.stats().lost, 1);
     }
 
     #[tokio::test(start_paused = true)]
