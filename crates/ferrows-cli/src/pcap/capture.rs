@@ -499,6 +499,32 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Capture<S> {
         result
     }
 
+    // Forwarded: the connection's corked writes go out as one vectored
+    // write, with or without a recorder.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let (Some(_), Poll::Ready(Ok(n))) = (&self.tap, &result) {
+            let mut left = *n;
+            for slice in bufs {
+                if left == 0 {
+                    break;
+                }
+                let take = left.min(slice.len());
+                self.record(true, slice.get(..take).unwrap_or_default());
+                left -= take;
+            }
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
