@@ -94,14 +94,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Traced<S> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let (Some(tracer), Poll::Ready(Ok(n))) = (this.tracer.as_mut(), &result) {
-            let mut left = *n;
-            for slice in bufs {
-                if left == 0 {
-                    break;
-                }
-                let take = left.min(slice.len());
-                tracer.sent(slice.get(..take).unwrap_or_default());
-                left -= take;
+            for written in written_slices(bufs, *n) {
+                tracer.sent(written);
             }
         }
         result
@@ -511,6 +505,20 @@ impl DirParser {
 
 /// Prints an HTTP head line by line, control characters escaped, lines
 /// ending in a bare LF (not CRLF) marked.
+/// The parts of `bufs` that a vectored write of `n` bytes wrote, in order
+/// (empty slices skipped).
+pub(crate) fn written_slices<'a>(
+    bufs: &'a [IoSlice<'_>],
+    n: usize,
+) -> impl Iterator<Item = &'a [u8]> {
+    let mut left = n;
+    bufs.iter().filter_map(move |slice| {
+        let take = left.min(slice.len());
+        left -= take;
+        (take > 0).then(|| slice.get(..take).unwrap_or_default())
+    })
+}
+
 fn print_head(head: &[u8], out: &mut Vec<String>) {
     let text = String::from_utf8_lossy(head);
     let lines: Vec<&str> = text.split('\n').collect();

@@ -508,14 +508,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Capture<S> {
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let (Some(_), Poll::Ready(Ok(n))) = (&self.tap, &result) {
-            let mut left = *n;
-            for slice in bufs {
-                if left == 0 {
-                    break;
-                }
-                let take = left.min(slice.len());
-                self.record(true, slice.get(..take).unwrap_or_default());
-                left -= take;
+            for written in crate::trace::written_slices(bufs, *n) {
+                self.record(true, written);
             }
         }
         result
