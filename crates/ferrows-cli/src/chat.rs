@@ -430,14 +430,7 @@ pub(crate) async fn respond_status(hs: Handshake<Stream>, peer: SocketAddr, room
         hs.respond(200, &no_store, "application/json", body.as_bytes())
             .await
     } else {
-        let allow = [("Allow".to_owned(), "GET, HEAD".to_owned())];
-        hs.respond(
-            405,
-            &allow,
-            "text/plain; charset=utf-8",
-            b"method not allowed: use GET\n",
-        )
-        .await
+        pages::method_not_allowed(hs).await
     };
     if let Err(e) = result {
         tracing::debug!(peer = %display_addr(peer), error = %e, "status not sent");

@@ -121,6 +121,18 @@ fn page_headers() -> Vec<(String, String)> {
     .collect()
 }
 
+/// Answers a request that is not GET or HEAD with 405.
+pub(crate) async fn method_not_allowed(hs: Handshake<Stream>) -> ferrows::Result<()> {
+    let allow = [("Allow".to_owned(), "GET, HEAD".to_owned())];
+    hs.respond(
+        405,
+        &allow,
+        "text/plain; charset=utf-8",
+        b"method not allowed: use GET\n",
+    )
+    .await
+}
+
 /// Answers a plain HTTP request with `html`: 200 for GET and HEAD, 405
 /// for other methods.
 pub(crate) async fn respond_page(hs: Handshake<Stream>, peer: SocketAddr, html: &str) {
@@ -135,14 +147,7 @@ pub(crate) async fn respond_page(hs: Handshake<Stream>, peer: SocketAddr, html: 
         )
         .await
     } else {
-        let allow = [("Allow".to_owned(), "GET, HEAD".to_owned())];
-        hs.respond(
-            405,
-            &allow,
-            "text/plain; charset=utf-8",
-            b"method not allowed: use GET\n",
-        )
-        .await
+        method_not_allowed(hs).await
     };
     match result {
         Ok(()) => tracing::debug!(peer = %display_addr(peer), %method, %path, "page served"),
