@@ -472,6 +472,11 @@ pub(crate) async fn handle(
     if let Some(d) = hs.config_mut().compression.as_mut() {
         *d = d.clone().for_broadcast();
     }
+    // Join before the 101 goes out: a client that has its 101 is in the
+    // room, so a message broadcast after that reaches it (joining after
+    // `accept` left a window where the 101 was out and a broadcast missed
+    // the client). What arrives meanwhile waits in the member's queue.
+    let mut member = room.hub.join();
     let mut ws = match hs.accept().await {
         Ok(ws) => ws,
         Err(e) => {
@@ -479,7 +484,6 @@ pub(crate) async fn handle(
             return;
         }
     };
-    let mut member = room.hub.join();
     let id = member.id();
     tracing::info!(peer = %display_addr(peer), %path, client = id, compression = ws.compression().is_some(), "open");
     let name = room.client_name(id);
