@@ -112,7 +112,7 @@ fn echo_rejects_bad_settings_with_exit_code_2_and_says_which() {
         ),
         (
             &["serve", "echo"],
-            &[("HEARTBEAT_INTERVAL", "30s")],
+            &[("HEARTBEAT_INTERVAL", "30 seconds")],
             &["HEARTBEAT_INTERVAL"],
         ),
         (
@@ -795,7 +795,7 @@ async fn chat_serves_its_page_and_rejects_a_bad_tick() {
 
     for (bad, why) in [
         ("fast", "expected a duration"),
-        ("5", "no unit"),
+        ("5d", "unknown unit"),
         ("1ms", "too short"),
     ] {
         let (status, stderr) = run_to_exit(&["serve", "chat", "--port", "0", "--tick", bad], &[]);
