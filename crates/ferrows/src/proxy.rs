@@ -260,9 +260,16 @@ impl Proxy {
         };
         match response.status() {
             200..=299 => Ok(()),
-            407 => Err(ProxyError::AuthRequired {
+            // To a CONNECT, a 401 can only come from the proxy too
+            // (tinyproxy answers one, with `WWW-Authenticate`, to wrong
+            // credentials).
+            status @ (401 | 407) => Err(ProxyError::AuthRequired {
                 proxy: self.to_string(),
-                realm: response.header("proxy-authenticate").and_then(realm),
+                status,
+                realm: response
+                    .header("proxy-authenticate")
+                    .or_else(|| response.header("www-authenticate"))
+                    .and_then(realm),
                 credentials_sent: self.username.is_some(),
             }),
             status => Err(ProxyError::Refused {
@@ -490,10 +497,12 @@ pub enum ProxyError {
         /// The time allowed.
         after: Duration,
     },
-    /// The HTTP proxy answered 407 Proxy Authentication Required.
+    /// The HTTP proxy answered 407 Proxy Authentication Required (or 401).
     AuthRequired {
         /// The proxy.
         proxy: String,
+        /// 407, or 401 from proxies that answer that to wrong credentials.
+        status: u16,
         /// The realm from its `Proxy-Authenticate` header.
         realm: Option<String>,
         /// Whether credentials were sent (then they were rejected).
@@ -591,13 +600,14 @@ impl fmt::Display for ProxyError {
             ),
             ProxyError::AuthRequired {
                 proxy,
+                status,
                 realm,
                 credentials_sent,
             } => {
                 if *credentials_sent {
-                    write!(f, "proxy {proxy} rejected the credentials (407")?;
+                    write!(f, "proxy {proxy} rejected the credentials ({status}")?;
                 } else {
-                    write!(f, "proxy {proxy} requires authentication (407")?;
+                    write!(f, "proxy {proxy} requires authentication ({status}")?;
                 }
                 if let Some(realm) = realm {
                     write!(f, ", realm {realm:?}")?;
