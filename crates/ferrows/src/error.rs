@@ -102,7 +102,6 @@ impl std::error::Error for Error {
             Error::Send(e) => Some(e),
             Error::Handshake(e) => Some(e),
             Error::ClientHandshake(e) => Some(e),
-            Error::Proxy(e) => Some(e),
             _ => None,
         }
     }

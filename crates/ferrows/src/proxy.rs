@@ -457,8 +457,8 @@ impl fmt::Debug for Proxy {
     }
 }
 
-/// Why a connection through a proxy failed. Each names the proxy with its
-/// credentials redacted.
+/// Why a connection through a proxy failed ([`Error::Proxy`]). Each names
+/// the proxy with its credentials redacted.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ProxyError {
@@ -661,16 +661,10 @@ impl fmt::Display for ProxyError {
     }
 }
 
-impl std::error::Error for ProxyError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ProxyError::Connect { source, .. }
-            | ProxyError::Io { source, .. }
-            | ProxyError::Resolve { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+/// The message includes the underlying I/O error, if any (the `source`
+/// fields), so `source()` is `None`: error reporters that print the chain
+/// would repeat it.
+impl std::error::Error for ProxyError {}
 
 /// Servers to reach directly: the rules of `NO_PROXY`.
 ///
