@@ -615,7 +615,9 @@ impl fmt::Display for ProxyError {
                 if *credentials_sent {
                     f.write_str(")")
                 } else {
-                    f.write_str("): put them in the proxy URL, http://USER:PASS@host:port")
+                    f.write_str(
+                        "): put the user name and password in the proxy URL, http://USER:PASS@host:port",
+                    )
                 }
             }
             ProxyError::Refused {
