@@ -1375,6 +1375,19 @@ mod tests {
         assert!(from_env_with(&ws("ws://h/"), env(&vars)).unwrap().is_none());
     }
 
+    #[tokio::test]
+    async fn host_names_that_would_inject_headers_are_refused_before_connecting() {
+        // Port 1 on loopback: nothing is reached, the name is refused first.
+        let p = Proxy::parse("http://127.0.0.1:1").unwrap();
+        for host in ["a\r\nX-Evil: 1", "a b", "", "a\u{7f}"] {
+            let e = p
+                .connect(host, 80, Duration::from_secs(5))
+                .await
+                .unwrap_err();
+            assert!(matches!(e, Error::Url(_)), "{host:?}: {e}");
+        }
+    }
+
     #[test]
     fn realms_and_heads() {
         assert_eq!(
