@@ -362,8 +362,8 @@ impl EventClientBuilder {
         Ok(())
     }
 
-    /// Starts the client in a background task: it connects (TCP, then TLS
-    /// for `wss://`), and keeps the connection going as configured.
+    /// Starts the client in a background task: it connects (TCP, through
+    /// the proxy if any, then TLS for `wss://`), and keeps the connection going as configured.
     /// Returns the handle and the event stream.
     ///
     /// # Errors
