@@ -150,6 +150,8 @@ pub(crate) struct BenchArgs {
     /// Seed of the payload contents [default: from the clock]
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
+    #[command(flatten)]
+    proxy: crate::proxy_args::ProxyArgs,
 }
 
 /// Parses a duration: seconds (`10`, `2.5`), or with a unit (`500ms`,
@@ -206,6 +208,8 @@ pub(crate) async fn bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
     for &pid in &args.server_pid {
         sys::check_pid(pid)?;
     }
+    args.proxy.validate()?;
+    pool::set_proxy(args.proxy.clone());
     let chat_mode = args.broadcast.is_some() || args.chat_rate.is_some();
     if !chat_mode {
         if args.urls.len() > 1 {

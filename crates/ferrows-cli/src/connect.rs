@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::pcap::{Capture, Recorder};
+use crate::proxy_args::ProxyArgs;
 use crate::trace::{Traced, Tracer, escape_controls, hex, millis, quoted};
 
 /// Arguments of `ferrows connect`.
@@ -80,6 +81,8 @@ pub(crate) struct ConnectArgs {
     no_commands: bool,
     #[command(flatten)]
     pcap: crate::pcap::PcapArgs,
+    #[command(flatten)]
+    proxy: ProxyArgs,
 }
 
 /// A duration in the one grammar ([`crate::duration`]), a bare number
@@ -117,18 +120,19 @@ pub(crate) fn tls_config(
     }
 }
 
-/// Opens TCP, then TLS for wss://, naming the fix for a certificate the
-/// default roots do not trust.
+/// Opens TCP (through the proxy `proxy` says, if any), then TLS for
+/// wss://, naming the fix for a certificate the default roots do not trust.
 pub(crate) async fn open_stream(
     url: &WsUrl,
     tls: Option<Arc<ClientConfig>>,
+    proxy: &ProxyArgs,
 ) -> anyhow::Result<MaybeTlsStream<TcpStream>> {
     let hint = if tls.is_none() {
         " (a private or self-signed certificate needs --ca FILE, or --insecure)"
     } else {
         ""
     };
-    let mut builder = ClientBuilder::new(url.to_string());
+    let mut builder = proxy.apply(ClientBuilder::new(url.to_string()))?;
     if let Some(config) = tls {
         builder = builder.tls_config(config);
     }
@@ -150,6 +154,7 @@ type Ws = WebSocket<Traced<Capture<MaybeTlsStream<TcpStream>>>>;
 async fn open(args: &ConnectArgs, recorder: Option<&Recorder>) -> anyhow::Result<Ws> {
     let url = WsUrl::parse(&args.url)?;
     let tls = tls_config(args.ca.as_deref(), args.insecure)?;
+    args.proxy.validate()?;
     let config = Config::default().compression(args.compress);
     let mut builder = ClientBuilder::new(args.url.clone()).config(config.clone());
     for (name, value) in &args.headers {
@@ -159,7 +164,7 @@ async fn open(args: &ConnectArgs, recorder: Option<&Recorder>) -> anyhow::Result
         builder = builder.protocol(p.clone());
     }
     let work = async {
-        let stream = crate::pcap::wrap_client(open_stream(&url, tls).await?, recorder);
+        let stream = crate::pcap::wrap_client(open_stream(&url, tls, &args.proxy).await?, recorder);
         let tracer = args.trace.then(|| Tracer::new(Role::Client, ""));
         let (ws, _response) = builder.connect_on(Traced::new(stream, tracer)).await?;
         anyhow::Ok(ws)

@@ -16,6 +16,7 @@ mod net;
 mod pages;
 mod pcap;
 mod probe;
+mod proxy_args;
 mod trace;
 
 use std::net::IpAddr;

@@ -34,6 +34,7 @@ use tokio::time::timeout;
 
 use crate::connect::{open_stream, parse_header, parse_secs, tls_config};
 use crate::pcap::{Capture, Recorder};
+use crate::proxy_args::ProxyArgs;
 use crate::trace::{Traced, Tracer, escape_controls, hex_preview, millis, quoted};
 
 /// Arguments of `ferrows probe`.
@@ -63,6 +64,8 @@ pub(crate) struct ProbeArgs {
     trace: bool,
     #[command(flatten)]
     pcap: crate::pcap::PcapArgs,
+    #[command(flatten)]
+    proxy: ProxyArgs,
 }
 
 type Stream = Traced<Capture<MaybeTlsStream<TcpStream>>>;
@@ -99,6 +102,7 @@ enum Echo {
 struct Probe {
     url: WsUrl,
     tls: Option<Arc<ClientConfig>>,
+    proxy: ProxyArgs,
     headers: Vec<(String, String)>,
     protocols: Vec<String>,
     timeout: Duration,
@@ -183,12 +187,13 @@ impl Probe {
         request: ClientRequest,
     ) -> Result<(RawHandshake, Duration), HandshakeFailure> {
         let started = Instant::now();
-        let stream = timeout(self.timeout, open_stream(&self.url, self.tls.clone()))
-            .await
-            .map_err(|_| {
-                HandshakeFailure::Connect(format!("no connection within {:?}", self.timeout))
-            })?
-            .map_err(|e| HandshakeFailure::Connect(format!("{e:#}")))?;
+        let stream = timeout(
+            self.timeout,
+            open_stream(&self.url, self.tls.clone(), &self.proxy),
+        )
+        .await
+        .map_err(|_| HandshakeFailure::Connect(format!("no connection within {:?}", self.timeout)))?
+        .map_err(|e| HandshakeFailure::Connect(format!("{e:#}")))?;
         let connected = started.elapsed();
         let stream = crate::pcap::wrap_client(stream, self.recorder.as_ref());
         let tracer = self.trace.then(|| Tracer::new(Role::Client, ""));
@@ -989,9 +994,11 @@ pub(crate) async fn probe_command(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     if args.timeout < Duration::from_millis(100) {
         anyhow::bail!("--timeout must be at least 0.1 seconds");
     }
+    args.proxy.validate()?;
     let mut p = Probe {
         url,
         tls,
+        proxy: args.proxy,
         headers: args.headers,
         protocols: args.subprotocols,
         timeout: args.timeout,

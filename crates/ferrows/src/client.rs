@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::proxy::{Proxy, ProxyChoice};
 use crate::stream::MaybeTlsStream;
 use crate::websocket::{Negotiated, WebSocket};
 
@@ -135,7 +136,8 @@ impl fmt::Display for WsUrl {
     }
 }
 
-/// Connects to a WebSocket server with default settings.
+/// Connects to a WebSocket server with default settings (through the
+/// proxy the environment names, if any: see [`crate::proxy`]).
 ///
 /// ```no_run
 /// # async fn demo() -> ferrows::Result<()> {
@@ -152,8 +154,8 @@ impl fmt::Display for WsUrl {
 /// # Errors
 ///
 /// [`Error::Url`], [`Error::Io`] (DNS, connection refused),
-/// [`Error::Tls`], [`Error::ClientHandshake`] (the server's response was
-/// not a valid upgrade), [`Error::HandshakeTimeout`].
+/// [`Error::Proxy`], [`Error::Tls`], [`Error::ClientHandshake`] (the
+/// server's response was not a valid upgrade), [`Error::HandshakeTimeout`].
 pub async fn connect(url: &str) -> Result<(WebSocket<MaybeTlsStream<TcpStream>>, Response)> {
     ClientBuilder::new(url).connect().await
 }
@@ -180,6 +182,7 @@ pub struct ClientBuilder {
     protocols: Vec<String>,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ClientConfig>>,
+    proxy: ProxyChoice,
 }
 
 impl ClientBuilder {
@@ -192,7 +195,31 @@ impl ClientBuilder {
             protocols: Vec::new(),
             #[cfg(feature = "tls")]
             tls: None,
+            proxy: ProxyChoice::Env,
         }
+    }
+
+    /// Connects through this proxy (HTTP `CONNECT` or SOCKS5; TLS for
+    /// `wss://` runs through the tunnel) instead of the one the
+    /// environment names. Default: the environment's (`HTTPS_PROXY`,
+    /// `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`; see [`crate::proxy`]).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> ferrows::Result<()> {
+    /// use ferrows::{ClientBuilder, Proxy};
+    /// let proxy = Proxy::parse("socks5h://user:pass@127.0.0.1:1080")?;
+    /// let (ws, _) = ClientBuilder::new("wss://example.com/feed").proxy(proxy).connect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn proxy(mut self, proxy: Proxy) -> ClientBuilder {
+        self.proxy = ProxyChoice::Fixed(proxy);
+        self
+    }
+
+    /// Connects directly, whatever the proxy environment variables say.
+    pub fn no_proxy(mut self) -> ClientBuilder {
+        self.proxy = ProxyChoice::Direct;
+        self
     }
 
     /// Sets the connection settings (compression is offered if enabled).
@@ -277,19 +304,20 @@ impl ClientBuilder {
         client_handshake(io, &request, &self.config).await
     }
 
-    /// Opens the transport the URL asks for — TCP with `TCP_NODELAY`, then
-    /// TLS for `wss://` — without the WebSocket handshake: for wrapping the
+    /// Opens the transport the URL asks for — TCP with `TCP_NODELAY`
+    /// (through the proxy, if any, within the handshake timeout), then TLS
+    /// for `wss://` — without the WebSocket handshake: for wrapping the
     /// stream (tracing, metering) before [`ClientBuilder::connect_on`].
     ///
     /// # Errors
     ///
-    /// [`Error::Url`], [`Error::Io`], [`Error::Tls`].
+    /// [`Error::Url`], [`Error::Io`], [`Error::Proxy`], [`Error::Tls`].
     pub async fn open_stream(&self) -> Result<MaybeTlsStream<TcpStream>> {
         self.open_stream_to(&self.url()?).await
     }
 
     async fn open_stream_to(&self, url: &WsUrl) -> Result<MaybeTlsStream<TcpStream>> {
-        let tcp = TcpStream::connect((url.host.as_str(), url.port)).await?;
+        let tcp = crate::proxy::dial(&self.proxy, url, self.config.handshake_timeout).await?;
         tcp.set_nodelay(true)?;
         if !url.secure {
             return Ok(MaybeTlsStream::Plain(tcp));

@@ -6,6 +6,8 @@ use std::io;
 use ferrows_proto::handshake::{ClientHandshakeError, HandshakeError};
 use ferrows_proto::{CloseCode, EncodeError, ProtocolError};
 
+use crate::proxy::ProxyError;
+
 /// Everything that can go wrong on a WebSocket connection.
 ///
 /// A normal close is not an error: `recv()` returns the peer's
@@ -43,6 +45,9 @@ pub enum Error {
     Tls(String),
     /// Invalid settings.
     Config(String),
+    /// Connecting through a proxy failed: unreachable, a refusal (407,
+    /// another status, a SOCKS reply code), a bad reply, a timeout.
+    Proxy(ProxyError),
 }
 
 impl Error {
@@ -58,8 +63,12 @@ impl Error {
 
     /// Whether the error is a timeout (handshake or close).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Error::HandshakeTimeout | Error::CloseTimeout)
-            || matches!(self, Error::Io(e) if e.kind() == io::ErrorKind::TimedOut)
+        matches!(
+            self,
+            Error::HandshakeTimeout
+                | Error::CloseTimeout
+                | Error::Proxy(ProxyError::Timeout { .. })
+        ) || matches!(self, Error::Io(e) if e.kind() == io::ErrorKind::TimedOut)
     }
 }
 
@@ -80,6 +89,7 @@ impl fmt::Display for Error {
             Error::Url(e) => write!(f, "invalid URL: {e}"),
             Error::Tls(e) => write!(f, "TLS: {e}"),
             Error::Config(e) => write!(f, "invalid configuration: {e}"),
+            Error::Proxy(e) => write!(f, "{e}"),
         }
     }
 }

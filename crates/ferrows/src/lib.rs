@@ -44,7 +44,8 @@
 //!   subprotocol, add headers or refuse), [`Handshake`] (also answers plain
 //!   HTTP, to serve a page on the WebSocket's path), [`serve`].
 //! * Client: [`connect`], [`ClientBuilder`] (headers, subprotocols, custom
-//!   TLS roots), [`client_handshake`] over any stream.
+//!   TLS roots, HTTP and SOCKS5 proxies from the environment or given:
+//!   [`proxy`]), [`client_handshake`] over any stream.
 //! * Fragments: [`WebSocket::set_fragment_mode`] to receive frames as they
 //!   complete, and [`Message::Fragment`] to send a message in pieces.
 //! * Callback server, as Python's `websocket_server`: [`Server`] with
@@ -89,6 +90,7 @@ pub mod keepalive;
 pub mod listener;
 mod message;
 mod protocol;
+pub mod proxy;
 pub mod pump;
 mod server;
 mod stream;
@@ -105,6 +107,7 @@ pub use error::{Error, Result};
 pub use event_client::{Event, EventClient};
 pub use listener::{Listener, ListenerHandle, Shutdown};
 pub use message::Message;
+pub use proxy::Proxy;
 pub use server::{Accept, Handshake, Reject, accept, accept_with, serve, serve_with};
 pub use stream::MaybeTlsStream;
 pub use websocket::{Negotiated, WebSocket, WsReader, WsWriter};

@@ -7,8 +7,8 @@
 //! `Rc<RefCell<…>>`; what the coordinator must see is atomic.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ferrows::{ClientBuilder, Config, MaybeTlsStream, WebSocket};
@@ -105,6 +105,16 @@ impl Counters {
     }
 }
 
+/// How every connection of this run reaches the server (`--proxy`,
+/// `--no-proxy`, or the environment): set once by `bench_command` for the
+/// whole process, rather than carried through every mode's plan.
+static PROXY: OnceLock<crate::proxy_args::ProxyArgs> = OnceLock::new();
+
+/// Sets [`PROXY`] (the first call wins: one run per process).
+pub(crate) fn set_proxy(proxy: crate::proxy_args::ProxyArgs) {
+    let _ = PROXY.set(proxy);
+}
+
 /// Connects to `url`, holding one of `gate`'s permits during the TCP and
 /// WebSocket handshakes; returns the connection and how long they took.
 ///
@@ -121,11 +131,12 @@ pub(crate) async fn connect(
         .await
         .map_err(|_| "connecting was cancelled".to_owned())?;
     let started = Instant::now();
-    let (ws, _response) = ClientBuilder::new(url)
-        .config(config.clone())
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
+    let builder = ClientBuilder::new(url).config(config.clone());
+    let builder = match PROXY.get() {
+        Some(proxy) => proxy.apply(builder).map_err(|e| e.to_string())?,
+        None => builder,
+    };
+    let (ws, _response) = builder.connect().await.map_err(|e| e.to_string())?;
     Ok((ws, started.elapsed()))
 }
 

@@ -278,6 +278,20 @@ impl EventClientBuilder {
         self
     }
 
+    /// Connects through this proxy instead of the environment's
+    /// ([`ClientBuilder::proxy`]).
+    pub fn proxy(mut self, proxy: crate::Proxy) -> EventClientBuilder {
+        self.client = self.client.proxy(proxy);
+        self
+    }
+
+    /// Connects directly, whatever the proxy environment variables say
+    /// ([`ClientBuilder::no_proxy`]).
+    pub fn no_proxy(mut self) -> EventClientBuilder {
+        self.client = self.client.no_proxy();
+        self
+    }
+
     /// Whether to reconnect after errors and server-side closes. Default:
     /// true (as ESP-IDF's client).
     pub fn reconnect(mut self, on: bool) -> EventClientBuilder {
@@ -348,8 +362,8 @@ impl EventClientBuilder {
         Ok(())
     }
 
-    /// Starts the client in a background task: it connects (TCP, then TLS
-    /// for `wss://`), and keeps the connection going as configured.
+    /// Starts the client in a background task: it connects (TCP, through
+    /// the proxy if any, then TLS for `wss://`), and keeps the connection going as configured.
     /// Returns the handle and the event stream.
     ///
     /// # Errors
