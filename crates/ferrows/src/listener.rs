@@ -449,12 +449,21 @@ where
                 Ok(ticket) => ticket,
                 Err(()) => {
                     let max = Detail(format!("max {max_pending_per_ip}"));
-                    shared.access.refusals.refused(Refusal::PendingPerIp, peer, &max);
+                    shared
+                        .access
+                        .refusals
+                        .refused(Refusal::PendingPerIp, peer, &max);
                     continue;
                 }
             };
             let over_rate = shared.access.charge(peer);
-            tracker.spawn(handshake(tcp_stream, peer, ticket, over_rate, shared.clone()));
+            tracker.spawn(handshake(
+                tcp_stream,
+                peer,
+                ticket,
+                over_rate,
+                shared.clone(),
+            ));
         }
         drop(tcp);
         refusal_summaries.abort();
@@ -577,7 +586,10 @@ impl Access {
         if max == 0 || self.exempt(peer) {
             return Ok(None);
         }
-        self.conns.take(IpKey::of(peer.ip()), max).map(Some).ok_or(())
+        self.conns
+            .take(IpKey::of(peer.ip()), max)
+            .map(Some)
+            .ok_or(())
     }
 }
 
@@ -662,7 +674,11 @@ async fn handshake<S, H, Fut>(
             Ok(slot) => ip_slot = slot,
             Err(()) => {
                 let max = shared.access.settings.max_connections_per_ip;
-                refusals.refused(Refusal::PerIpConnections, peer, &Detail(format!("max {max}")));
+                refusals.refused(
+                    Refusal::PerIpConnections,
+                    peer,
+                    &Detail(format!("max {max}")),
+                );
                 let reject = crate::Reject::new(503, "too many connections from this address")
                     .with_header("Retry-After", access::RETRY_AFTER_FULL.to_string());
                 let _ = hs.reject_with(&reject).await;
@@ -709,7 +725,10 @@ where
         Some(acceptor) => match acceptor.accept(tcp).await {
             Ok(s) => MaybeTlsStream::ServerTls(Box::new(s)),
             Err(e) => {
-                shared.access.refusals.refused(Refusal::Tls, peer, &Detail(e));
+                shared
+                    .access
+                    .refusals
+                    .refused(Refusal::Tls, peer, &Detail(e));
                 return None;
             }
         },
@@ -720,11 +739,17 @@ where
     match Handshake::read(stream, shared.config.clone()).await {
         Ok(hs) => Some(hs),
         Err(Error::HandshakeTimeout) => {
-            shared.access.refusals.refused(Refusal::Timeout, peer, &NoDetail);
+            shared
+                .access
+                .refusals
+                .refused(Refusal::Timeout, peer, &NoDetail);
             None
         }
         Err(e) => {
-            shared.access.refusals.refused(Refusal::BadRequest, peer, &Detail(e));
+            shared
+                .access
+                .refusals
+                .refused(Refusal::BadRequest, peer, &Detail(e));
             None
         }
     }
