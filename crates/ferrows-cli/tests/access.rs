@@ -312,3 +312,47 @@ async fn past_the_connections_per_ip_503_and_others_unaffected() {
         )
         .await;
 }
+
+/// Before: every refused upgrade wrote its own log line, so a client
+/// could fill the disk with refusals. Now: the first at once, then one
+/// summary a second per kind.
+#[tokio::test]
+async fn a_flood_of_refusals_costs_a_log_line_a_second() {
+    let server = Server::start(&[
+        "serve",
+        "echo",
+        "--port",
+        "0",
+        "--origin",
+        "http://allowed.example",
+    ]);
+    let addr = server.addr;
+    let started = Instant::now();
+    for _ in 0..300 {
+        let r = status(addr, "/", "Origin: http://evil.example\r\n").await;
+        assert_eq!(r.status, 403, "{r:?}");
+    }
+    let needle = "origin not allowed: 403";
+    let secs = started.elapsed().as_secs() + 1;
+    // The last summary is due within a second of the last refusal.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let log = server.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+    assert!(
+        lines.len() as u64 <= 2 * secs + 2,
+        "{} lines for 300 refusals in {secs} s:\n{log}",
+        lines.len()
+    );
+    // The summaries account for every refusal.
+    let counted: u64 = lines
+        .iter()
+        .map(|l| {
+            l.split("(x")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(1)
+        })
+        .sum();
+    assert_eq!(counted, 300, "{log}");
+}
