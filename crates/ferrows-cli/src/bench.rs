@@ -163,25 +163,11 @@ fn parse_secs(text: &str) -> Result<Duration, String> {
 }
 
 fn parse_secs_or_zero(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = t.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (t, 1.0)
-    };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (e.g. 10, 2.5, 500ms, 1m)"))?;
-    let secs = value * scale;
-    if !(0.0..=86_400.0).contains(&secs) {
-        return Err(format!("{text:?} is out of range (0 to 24 hours)"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    crate::duration::within(
+        crate::duration::Bare::Secs,
+        Duration::ZERO,
+        Duration::from_secs(86_400),
+    )(text)
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {

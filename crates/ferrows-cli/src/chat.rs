@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cluster::{self, Cluster, RedisUrl, Refusal};
+use crate::duration::{self, Bare};
 use crate::heartbeat::{self, Liveness, OnBeat, close_for_shutdown};
 use crate::net::{self, Io, Stream, display_addr};
 use crate::{CommonArgs, pages};
@@ -52,10 +53,11 @@ pub(crate) struct SessionArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 65_536,
           value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
     pub(crate) max_message_size: u64,
-    /// Ping every client this often (ms); terminate those silent since the last ping
-    #[arg(long, value_name = "MS", default_value_t = 30_000,
-          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
-    pub(crate) heartbeat_interval: u64,
+    /// Ping every client this often (a bare number is ms; also 30s, 1m);
+    /// terminate those silent since the last ping
+    #[arg(long, value_name = "DURATION", default_value = "30000",
+          value_parser = duration::within(Bare::Millis, Duration::from_millis(1), Duration::from_secs(86_400)))]
+    pub(crate) heartbeat_interval: Duration,
 }
 
 impl SessionArgs {
@@ -67,7 +69,7 @@ impl SessionArgs {
 
     /// A heartbeat at the interval, announcing `shutdown` too.
     pub(crate) fn heartbeat(&self, shutdown: watch::Receiver<bool>) -> watch::Receiver<u64> {
-        heartbeat::heartbeat(Duration::from_millis(self.heartbeat_interval), shutdown)
+        heartbeat::heartbeat(self.heartbeat_interval, shutdown)
     }
 }
 
@@ -91,7 +93,8 @@ pub(crate) struct ChatArgs {
 /// Settings of a chat room, shared by `serve chat` and `serve`.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct RoomArgs {
-    /// Send `tick:<n>` to every client this often (e.g. 500ms, 2s, 1m); 0 disables
+    /// Send `tick:<n>` to every client this often (e.g. 500ms, 2s, 1m; a
+    /// bare number is ms); 0 disables
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_tick)]
     pub(crate) tick: Tick,
     /// Messages queued per client; a client that falls further behind is closed with 1008
@@ -203,53 +206,23 @@ impl Bucket {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Tick(pub(crate) Option<Duration>);
 
-/// Parses `--tick`: `0` (off), or a number with a unit: `500ms`, `2s`,
-/// `1.5s`, `1m`.
+/// Parses `--tick`: `0` (off), or a duration in the one grammar
+/// ([`crate::duration`]; a bare number is milliseconds): `500ms`, `2s`,
+/// `1.5s`, `1m`. Whole milliseconds (the room clock keeps the period in
+/// milliseconds), from 10 ms to 24 h.
 pub(crate) fn parse_tick(text: &str) -> Result<Tick, String> {
-    const HELP: &str = "expected a duration like 500ms, 2s or 1m, or 0 to disable";
-    let text = text.trim();
-    let unit_at = text
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(unit_at);
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(whole) || !(fraction.is_empty() || digits(fraction)) || number.ends_with('.') {
-        return Err(format!("{text:?}: {HELP}"));
-    }
-    let unit_ms: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "" if whole.bytes().all(|b| b == b'0') && fraction.is_empty() => 1,
-        "" => return Err(format!("{text:?} has no unit: {HELP}")),
-        _ => return Err(format!("{text:?}: unknown unit {unit:?}; {HELP}")),
-    };
-    // Milliseconds, with at most three decimals (1.5s = 1500ms).
-    let too_long = || format!("{text:?} is too long; the longest tick is 24h");
-    let whole: u64 = whole.parse().map_err(|_| too_long())?;
-    let mut millis = whole.checked_mul(unit_ms).ok_or_else(too_long)?;
-    if !fraction.is_empty() {
-        if fraction.len() > 3 {
-            return Err(format!("{text:?}: at most three decimals"));
-        }
-        let scale = 10u64.pow(u32::try_from(fraction.len()).unwrap_or(3));
-        let frac: u64 = fraction.parse().map_err(|_| format!("{text:?}: {HELP}"))?;
-        let extra = frac.saturating_mul(unit_ms);
-        if extra % scale != 0 {
-            return Err(format!("{text:?} is not a whole number of milliseconds"));
-        }
-        millis = millis.checked_add(extra / scale).ok_or_else(too_long)?;
-    }
-    if millis == 0 {
+    let period = duration::parse(text, Bare::Millis)?;
+    if period.is_zero() {
         return Ok(Tick(None));
     }
-    let period = Duration::from_millis(millis);
+    if period.subsec_nanos() % 1_000_000 != 0 {
+        return Err(format!("{text:?} is not a whole number of milliseconds"));
+    }
     if period < MIN_TICK {
         return Err(format!("{text:?} is too short; the shortest tick is 10ms"));
     }
     if period > MAX_TICK {
-        return Err(too_long());
+        return Err(format!("{text:?} is too long; the longest tick is 24h"));
     }
     Ok(Tick(Some(period)))
 }
@@ -472,6 +445,11 @@ pub(crate) async fn handle(
     if let Some(d) = hs.config_mut().compression.as_mut() {
         *d = d.clone().for_broadcast();
     }
+    // Join before the 101 goes out: a client that has its 101 is in the
+    // room, so a message broadcast after that reaches it (joining after
+    // `accept` left a window where the 101 was out and a broadcast missed
+    // the client). What arrives meanwhile waits in the member's queue.
+    let mut member = room.hub.join();
     let mut ws = match hs.accept().await {
         Ok(ws) => ws,
         Err(e) => {
@@ -479,7 +457,6 @@ pub(crate) async fn handle(
             return;
         }
     };
-    let mut member = room.hub.join();
     let id = member.id();
     tracing::info!(peer = %display_addr(peer), %path, client = id, compression = ws.compression().is_some(), "open");
     let name = room.client_name(id);
@@ -663,6 +640,8 @@ mod tests {
         assert_eq!(parse_tick("0.25s").unwrap(), ms(250));
         assert_eq!(parse_tick("1m").unwrap(), ms(60_000));
         assert_eq!(parse_tick(" 100ms ").unwrap(), ms(100));
+        assert_eq!(parse_tick("250").unwrap(), ms(250), "a bare number is ms");
+        assert_eq!(parse_tick("2h").unwrap(), ms(7_200_000));
         for off in ["0", "0s", "0ms", "000"] {
             assert_eq!(parse_tick(off).unwrap(), Tick(None), "{off}");
         }
@@ -673,12 +652,12 @@ mod tests {
         for (bad, why) in [
             ("", "expected a duration"),
             ("fast", "expected a duration"),
-            ("5", "no unit"),
-            ("5h", "unknown unit"),
+            ("5", "too short"),
+            ("5d", "unknown unit"),
             ("-1s", "expected a duration"),
             ("1.s", "expected a duration"),
             (".5s", "expected a duration"),
-            ("1.0001s", "at most three decimals"),
+            ("1.0001s", "whole number of milliseconds"),
             ("0.5ms", "whole number of milliseconds"),
             ("5ms", "too short"),
             ("25000m", "too long"),

@@ -82,16 +82,10 @@ pub(crate) struct ConnectArgs {
     pcap: crate::pcap::PcapArgs,
 }
 
-/// A number of seconds, possibly fractional: `1`, `0.25`.
+/// A duration in the one grammar ([`crate::duration`]), a bare number
+/// being seconds: `1`, `0.25`, `500ms`, `1m`.
 pub(crate) fn parse_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?}: seconds must be zero or more"));
-    }
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+    crate::duration::parse(s, crate::duration::Bare::Secs)
 }
 
 /// `Name: value`, for `-H`.

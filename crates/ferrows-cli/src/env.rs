@@ -65,6 +65,31 @@ pub(crate) fn number(raw: Option<Raw>, default: u64) -> Result<u64, BadSetting> 
     }
 }
 
+/// A duration in the one grammar of [`crate::duration`], a bare number
+/// being milliseconds (websocket-echo-server's unit): empty, missing or 0
+/// → `default`, like [`number`].
+pub(crate) fn duration(
+    raw: Option<Raw>,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, BadSetting> {
+    let Some(raw) = raw else {
+        return Ok(default);
+    };
+    let v = raw.value.trim();
+    if v.is_empty() {
+        return Ok(default);
+    }
+    match crate::duration::parse(v, crate::duration::Bare::Millis) {
+        Ok(d) if d.is_zero() => Ok(default),
+        Ok(d) => Ok(d),
+        Err(_) => Err(BadSetting {
+            source: raw.source,
+            value: raw.value,
+            why: "not a duration (a bare number is milliseconds; or 500ms, 2s, 1m)",
+        }),
+    }
+}
+
 /// A port: like [`number`], and within 1..=65535. The flag `--port 0`
 /// (not the environment variable) asks the system for a free port.
 pub(crate) fn port(raw: Option<Raw>, default: u16) -> Result<u16, BadSetting> {
@@ -112,5 +137,20 @@ mod tests {
             value: "0".into(),
         });
         assert_eq!(port(flag, 1337).unwrap(), 0);
+    }
+
+    #[test]
+    fn durations_keep_milliseconds_for_bare_numbers() {
+        use std::time::Duration;
+        let d = Duration::from_secs(30);
+        assert_eq!(duration(None, d).unwrap(), d);
+        assert_eq!(duration(r(""), d).unwrap(), d);
+        assert_eq!(duration(r("0"), d).unwrap(), d);
+        assert_eq!(duration(r("0s"), d).unwrap(), d);
+        assert_eq!(duration(r("1500"), d).unwrap(), Duration::from_millis(1500));
+        assert_eq!(duration(r("2s"), d).unwrap(), Duration::from_secs(2));
+        assert_eq!(duration(r("1m"), d).unwrap(), Duration::from_secs(60));
+        assert!(duration(r("12abc"), d).is_err());
+        assert!(duration(r("-1"), d).is_err());
     }
 }

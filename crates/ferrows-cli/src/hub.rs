@@ -25,6 +25,7 @@ use ferrows::{Config, Handshake};
 use tokio::sync::watch;
 
 use crate::chat::{Room, RoomArgs};
+use crate::duration::{self, Bare};
 use crate::net::{self, Stream, display_addr};
 use crate::{CommonArgs, chat, echo, gamepad, heartbeat, pages};
 
@@ -50,11 +51,11 @@ pub(crate) struct HubArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 65_536,
           value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
     max_message_size: u64,
-    /// Ping every echo and chat client this often (ms); terminate those silent
-    /// since the last ping
-    #[arg(long, value_name = "MS", default_value_t = 30_000,
-          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
-    heartbeat_interval: u64,
+    /// Ping every echo and chat client this often (a bare number is ms;
+    /// also 30s, 1m); terminate those silent since the last ping
+    #[arg(long, value_name = "DURATION", default_value = "30000",
+          value_parser = duration::within(Bare::Millis, Duration::from_millis(1), Duration::from_secs(86_400)))]
+    heartbeat_interval: Duration,
     #[command(flatten)]
     common: CommonArgs,
     // Last: the heading holds for every later argument.
@@ -132,10 +133,7 @@ pub(crate) async fn serve(args: HubArgs) -> anyhow::Result<ExitCode> {
     let chat_room = room.clone();
     let demos = Arc::new(Demos {
         room,
-        beat: heartbeat::heartbeat(
-            Duration::from_millis(args.heartbeat_interval),
-            stop_tx.subscribe(),
-        ),
+        beat: heartbeat::heartbeat(args.heartbeat_interval, stop_tx.subscribe()),
         echo: echo::EchoOptions {
             high_water_mark: ECHO_HIGH_WATER_MARK,
             max_fragments: ECHO_MAX_FRAGMENTS,

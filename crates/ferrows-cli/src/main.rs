@@ -5,6 +5,7 @@ mod chat;
 mod cluster;
 mod connect;
 mod decode;
+mod duration;
 mod echo;
 mod env;
 mod gamepad;
@@ -181,8 +182,8 @@ struct EchoArgs {
     /// Port to listen on; 0 picks a free one [env: BIND_PORT] [default: 1337]
     #[arg(long, value_name = "PORT")]
     port: Option<String>,
-    /// Ping every client this often; terminate those silent since the last ping (ms) [env: HEARTBEAT_INTERVAL] [default: 30000]
-    #[arg(long, value_name = "MS")]
+    /// Ping every client this often; terminate those silent since the last ping (a bare number is ms; also 30s, 1m) [env: HEARTBEAT_INTERVAL] [default: 30000]
+    #[arg(long, value_name = "DURATION")]
     heartbeat_interval: Option<String>,
     /// Stop reading from a client while this many bytes of its echoes are unsent [env: HIGH_WATER_MARK] [default: 16384]
     #[arg(long, value_name = "BYTES")]
@@ -314,13 +315,13 @@ async fn serve_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
         _ => IpAddr::from([0u16; 8]),
     };
     let port = env::port(env::raw(args.port.as_deref(), "port", "BIND_PORT"), 1337)?;
-    let heartbeat = env::number(
+    let heartbeat = env::duration(
         env::raw(
             args.heartbeat_interval.as_deref(),
             "heartbeat-interval",
             "HEARTBEAT_INTERVAL",
         ),
-        30_000,
+        Duration::from_secs(30),
     )?;
     let hwm = env::number(
         env::raw(
@@ -358,7 +359,7 @@ async fn serve_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
     tracing::info!("listening on {}", net::display_addr(local));
     // The heartbeat channel also carries the shutdown to every connection.
     let (stop_tx, _) = tokio::sync::watch::channel(false);
-    let beat = heartbeat::heartbeat(Duration::from_millis(heartbeat), stop_tx.subscribe());
+    let beat = heartbeat::heartbeat(heartbeat, stop_tx.subscribe());
     let echo_opts = echo::EchoOptions {
         high_water_mark: to_usize(hwm),
         max_fragments: to_usize(max_fragments),

@@ -734,7 +734,8 @@ async fn jsonl_to_a_file() {
     let path = dir.join("out.jsonl");
     let _ = std::fs::remove_file(&path);
     let spec = format!("jsonl:{}", path.display());
-    let server = Server::start(&["--output", &spec, "--buttons", "2", "--deadman", "100"]);
+    // `100ms`: the one duration grammar (a bare `100` is ms too).
+    let server = Server::start(&["--output", &spec, "--buttons", "2", "--deadman", "100ms"]);
     let mut a = connect(&server.url("/")).await;
     next_of(&mut a, "hello").await;
     send(&mut a, &pad(1, 0.0, -1.0, &[1])).await;

@@ -112,7 +112,7 @@ fn echo_rejects_bad_settings_with_exit_code_2_and_says_which() {
         ),
         (
             &["serve", "echo"],
-            &[("HEARTBEAT_INTERVAL", "30s")],
+            &[("HEARTBEAT_INTERVAL", "30 seconds")],
             &["HEARTBEAT_INTERVAL"],
         ),
         (
@@ -616,6 +616,83 @@ async fn chat_broadcasts_to_everyone_including_the_sender_and_announces_joins_an
     assert!(a.take_ticks().is_empty() && b.take_ticks().is_empty());
 }
 
+/// A client that has its 101 is in the room: every message sent after the
+/// client got its 101 reaches it. The server used to join the room after
+/// writing the 101, and a broadcast in between missed the new client (how
+/// `ferrows bench --broadcast` once waited out its settle timeout). The
+/// window is short, so one client sends without pause while 40 others
+/// connect, and each checks it got everything sent after its 101.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_a_client_with_its_101_gets_every_later_broadcast() {
+    let server = Server::start(&["serve", "chat", "--port", "0", "--tick", "0", "--rate", "0"]);
+    let (mut sender_rx, mut sender) = connect(&server.ws_url("/")).await.split();
+    // The sender's own copies, drained so its queue never overflows.
+    let drain = tokio::spawn(async move { while let Some(Ok(_)) = sender_rx.recv().await {} });
+    let sent: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pace = {
+        let (sent, stop) = (sent.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut k = 0usize;
+            while !stop.load(Ordering::Acquire) {
+                // The instant is taken before the send: a copy sent after a
+                // client's 101 is one whose send began after it.
+                sent.lock().unwrap().push(Instant::now());
+                within(5, sender.send(format!("seq {k}"))).await.unwrap();
+                k += 1;
+                if k % 8 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            sender
+        })
+    };
+    let mut joiners = Vec::new();
+    for j in 0..40u64 {
+        let url = server.ws_url("/");
+        let stop = stop.clone();
+        joiners.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20 + 25 * j)).await;
+            let mut ws = connect(&url).await;
+            let at = Instant::now();
+            let mut first = None;
+            while first.is_none() && !stop.load(Ordering::Acquire) {
+                match tokio::time::timeout(Duration::from_secs(5), ws.recv()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        first = t
+                            .as_str()
+                            .strip_prefix("msg:seq ")
+                            .map(|n| n.parse::<usize>().unwrap());
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    other => panic!("joiner {j}: {other:?}"),
+                }
+            }
+            let _ = within(5, ws.close(1000, "")).await;
+            (at, first)
+        }));
+    }
+    let mut results = Vec::new();
+    for joiner in joiners {
+        results.push(joiner.await.unwrap());
+    }
+    stop.store(true, Ordering::Release);
+    let mut sender = pace.await.unwrap();
+    let sent = sent.lock().unwrap().clone();
+    for (j, (at, first)) in results.into_iter().enumerate() {
+        let first = first.unwrap_or_else(|| panic!("joiner {j} got no message"));
+        // The first message whose send began after this client's 101.
+        let due = sent.partition_point(|t| *t <= at);
+        assert!(
+            first <= due,
+            "joiner {j} missed seq {first_missed}..{first} although they were sent after its 101",
+            first_missed = due
+        );
+    }
+    let _ = within(5, sender.close(1000, "")).await;
+    drain.abort();
+}
+
 #[tokio::test]
 async fn chat_closes_a_stalled_client_with_1008_while_the_others_keep_their_ticks() {
     const TICK: Duration = Duration::from_millis(100);
@@ -718,7 +795,7 @@ async fn chat_serves_its_page_and_rejects_a_bad_tick() {
 
     for (bad, why) in [
         ("fast", "expected a duration"),
-        ("5", "no unit"),
+        ("5d", "unknown unit"),
         ("1ms", "too short"),
     ] {
         let (status, stderr) = run_to_exit(&["serve", "chat", "--port", "0", "--tick", bad], &[]);

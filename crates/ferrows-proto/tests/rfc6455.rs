@@ -1314,7 +1314,8 @@ mod rfc7692_deflate {
 }
 
 // ---------------------------------------------------------------------------
-// Zero-copy delivery (DESIGN.md: "Message::Text holding a slice of the buffer")
+// Zero-copy delivery (ARCHITECTURE.md, "One received message": the text
+// message holds a slice of the read buffer)
 // ---------------------------------------------------------------------------
 
 mod zero_copy {

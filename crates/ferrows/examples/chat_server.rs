@@ -1,5 +1,5 @@
-//! The chat server of DESIGN.md ("a chat with a timer tick that every
-//! connected browser sees in sync"), written with the callback
+//! The chat server of `ferrows serve chat` ("a chat with a timer tick that
+//! every connected browser sees in sync"), written with the callback
 //! [`Server`]: every text a client sends goes to everyone as
 //! `msg:<text>`, join and leave notices as `msg:* client <id> joined` /
 //! `left`, and a timer broadcasts `tick:<n>` every second — the same `n`

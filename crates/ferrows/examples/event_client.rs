@@ -1,5 +1,5 @@
 //! The event client exchanging JSON with an echo server, as the networking
-//! lab's ESP32 client does (DESIGN.md, user 4): prints every event, sends a
+//! lab's ESP32 client does (ESP-IDF's `esp_websocket_client` style): prints every event, sends a
 //! JSON message a second, checks each echo, closes after the last one, and
 //! shuts down by itself if the server goes quiet.
 //!

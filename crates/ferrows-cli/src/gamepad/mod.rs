@@ -42,6 +42,7 @@ use tokio::time::Instant;
 use self::control::{ClientId, Controller, Effect, Settings};
 use self::output::{Latency, Output, OutputSpec};
 use self::protocol::Inbound;
+use crate::duration::{self, Bare};
 use crate::net::{self, Io, Stream, display_addr};
 use crate::{CommonArgs, pages};
 
@@ -82,14 +83,16 @@ pub(crate) struct GamepadArgs {
     /// stdout), jsonl:PATH (a file, or a FIFO), gpio:CONFIG.toml (Linux GPIO)
     #[arg(long, value_name = "OUTPUT", default_value = "log", value_parser = output::parse_output)]
     output: OutputSpec,
-    /// Stop the motors when no fresh command arrived for this long (ms)
-    #[arg(long, value_name = "MS", default_value_t = 500,
-          value_parser = clap::value_parser!(u64).range(20..=60_000))]
-    deadman: u64,
-    /// The driver loses control after this long without a command (ms)
-    #[arg(long, value_name = "MS", default_value_t = 5_000,
-          value_parser = clap::value_parser!(u64).range(20..=3_600_000))]
-    lease_timeout: u64,
+    /// Stop the motors when no fresh command arrived for this long (a bare
+    /// number is ms; also 0.5s)
+    #[arg(long, value_name = "DURATION", default_value = "500",
+          value_parser = duration::within(Bare::Millis, Duration::from_millis(20), Duration::from_secs(60)))]
+    deadman: Duration,
+    /// The driver loses control after this long without a command (a bare
+    /// number is ms; also 5s, 1m)
+    #[arg(long, value_name = "DURATION", default_value = "5000",
+          value_parser = duration::within(Bare::Millis, Duration::from_millis(20), Duration::from_secs(3600)))]
+    lease_timeout: Duration,
     /// Stick deflection below this counts as centred (0 to 0.9)
     #[arg(long, value_name = "FRACTION", default_value_t = 0.1, value_parser = parse_deadzone)]
     deadzone: f64,
@@ -241,8 +244,8 @@ pub(crate) fn start(
     let settings = Settings {
         deadzone: args.deadzone,
         max_speed: args.max_speed,
-        deadman: Duration::from_millis(args.deadman),
-        lease_timeout: Duration::from_millis(args.lease_timeout),
+        deadman: args.deadman,
+        lease_timeout: args.lease_timeout,
         buttons: args.buttons,
         token: args.drive_token.clone().filter(|t| !t.is_empty()),
     };
@@ -251,8 +254,8 @@ pub(crate) fn start(
     let output = open_output(args, latency.clone(), epoch.into_std())?;
     tracing::info!(
         output = ?args.output,
-        deadman_ms = args.deadman,
-        lease_timeout_ms = args.lease_timeout,
+        deadman_ms = args.deadman.as_millis(),
+        lease_timeout_ms = args.lease_timeout.as_millis(),
         deadzone = args.deadzone,
         max_speed = args.max_speed,
         token = settings.token.is_some(),
