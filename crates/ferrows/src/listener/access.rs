@@ -21,7 +21,8 @@ use super::{IpKey, display_addr};
 /// rate is tracked at once. When the table is full, entries that have been
 /// idle long enough to have refilled are swept out (at most once a second);
 /// if none has, new addresses share one overflow bucket with the same
-/// rate, so the table never grows past this (about 3 MiB at the most).
+/// rate, so the table never grows past this (at most about 5.5 MiB:
+/// 131 072 hash-table slots of 40 bytes).
 pub const MAX_TRACKED_ADDRESSES: usize = 65_536;
 
 /// `Retry-After` (seconds) on a 503 for a connection cap: when a place
