@@ -593,7 +593,9 @@ async fn connect_session(
     recorder: Option<&Recorder>,
 ) -> anyhow::Result<ExitCode> {
     let ws = open(&args, recorder).await?;
-    let mut info = format!("connected to {}", escape_controls(&args.url));
+    // The URL with its credentials (`?token=`) redacted.
+    let shown = ferrows::listener::redact_target(&args.url);
+    let mut info = format!("connected to {}", escape_controls(&shown));
     if let Some(p) = ws.protocol() {
         info.push_str(&format!(", subprotocol {}", quoted(p.as_bytes())));
     }

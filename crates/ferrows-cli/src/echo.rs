@@ -33,7 +33,8 @@ pub(crate) fn handle(
     opts: EchoOptions,
 ) -> impl Future<Output = ()> + Send + 'static {
     let job = if hs.request().is_upgrade() {
-        let path = hs.request().target().to_owned();
+        // The target as sent, its credentials (`?token=`) redacted.
+        let path = ferrows::listener::redact_target(hs.request().target());
         let config = hs.config_mut();
         config.write_high_water_mark = opts.high_water_mark;
         config.limits.max_fragments = opts.max_fragments;

@@ -113,7 +113,7 @@ pub(crate) async fn serve(args: HubArgs) -> anyhow::Result<ExitCode> {
         .max_frame_size(max_message);
     let opts = crate::net_options(&args.common, config)?;
     // The output first: a bad GPIO setup fails before anyone can connect.
-    let (gamepad, mut running) = gamepad::start(&args.gamepad)?;
+    let (gamepad, mut running) = gamepad::start(&args.gamepad, opts.access.token.is_some())?;
     let scheme = if opts.tls.is_some() { "https" } else { "http" };
     let listener = net::bind(args.bind, args.port)?;
     let local = listener.local_addr().context("local address")?;

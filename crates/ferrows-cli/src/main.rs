@@ -144,6 +144,29 @@ struct CommonArgs {
     #[arg(long, value_name = "N", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..))]
     max_pending_per_ip: u64,
+    /// Accept WebSocket upgrades only with this token, as ?token=T in the
+    /// URL (browsers) or `Authorization: Bearer T` (programs); others get
+    /// 401. Pages stay public. Never logged.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "FERROWS_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// At most this many WebSocket connections from one address (IPv6 by
+    /// /64); more get 503 with Retry-After. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    max_connections_per_ip: u64,
+    /// Connections one address may open per second (bursts of twice
+    /// as many); more get 429 with Retry-After. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    handshake_rate_per_ip: u32,
+    /// Apply the two per-address limits to loopback clients too (exempt
+    /// by default: benchmarks, a reverse proxy on the same host).
+    #[arg(long)]
+    per_ip_limits_on_loopback: bool,
     /// Print every connection's opening handshake and frames (both
     /// directions, prefixed with the peer's address) to stderr.
     #[arg(long)]
@@ -268,6 +291,12 @@ fn net_options(common: &CommonArgs, config: Config) -> anyhow::Result<NetOptions
         max_connections: to_usize(common.max_connections),
         max_pending_handshakes: to_usize(common.max_pending_handshakes),
         max_pending_per_ip: to_usize(common.max_pending_per_ip),
+        access: net::AccessOptions {
+            token: common.token.clone().filter(|t| !t.is_empty()),
+            max_connections_per_ip: to_usize(common.max_connections_per_ip),
+            handshake_rate_per_ip: common.handshake_rate_per_ip,
+            on_loopback: common.per_ip_limits_on_loopback,
+        },
         origins: common.origins.clone(),
         trace: common.trace,
         pcap: common.pcap.recorder(false)?,

@@ -38,12 +38,28 @@ pub(crate) struct NetOptions {
     pub(crate) max_pending_handshakes: usize,
     /// The same, per client address (IPv6 by /64).
     pub(crate) max_pending_per_ip: usize,
+    /// The token and the per-address limits.
+    pub(crate) access: AccessOptions,
     /// Allowed `Origin` values; empty: any.
     pub(crate) origins: Vec<String>,
     /// Print each connection's handshake and frames to stderr (`--trace`).
     pub(crate) trace: bool,
     /// Record every connection's plaintext as pcapng (`--pcap`).
     pub(crate) pcap: Option<Recorder>,
+}
+
+/// Access control: `--token`, `--max-connections-per-ip`,
+/// `--handshake-rate-per-ip`, `--per-ip-limits-on-loopback`.
+#[derive(Clone, Default)]
+pub(crate) struct AccessOptions {
+    /// Every WebSocket upgrade must present it (`None`: none needed).
+    pub(crate) token: Option<String>,
+    /// 0: no limit.
+    pub(crate) max_connections_per_ip: usize,
+    /// Per second, bursts of twice as many; 0: no limit.
+    pub(crate) handshake_rate_per_ip: u32,
+    /// Whether the per-address limits apply to loopback clients.
+    pub(crate) on_loopback: bool,
 }
 
 /// One step of a connection's I/O.
@@ -104,6 +120,11 @@ where
         .max_connections(opts.max_connections)
         .max_pending_handshakes(opts.max_pending_handshakes)
         .max_pending_per_ip(opts.max_pending_per_ip)
+        .max_connections_per_ip(opts.access.max_connections_per_ip)
+        .handshake_rate_per_ip(opts.access.handshake_rate_per_ip)
+        .handshake_burst_per_ip(opts.access.handshake_rate_per_ip.saturating_mul(2))
+        .per_ip_limits_on_loopback(opts.access.on_loopback)
+        .token(opts.access.token.unwrap_or_default())
         .origins(opts.origins)
         .shutdown_grace(SHUTDOWN_GRACE)
         .shutdown_sender(shutdown_tx);

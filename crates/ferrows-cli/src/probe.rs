@@ -1009,7 +1009,8 @@ pub(crate) async fn probe_command(args: ProbeArgs) -> anyhow::Result<ExitCode> {
         counts: [0; 4],
         passed: Vec::new(),
     };
-    println!("probing {}", escape_controls(&p.url.to_string()));
+    let shown = ferrows::listener::redact_target(&p.url.to_string());
+    println!("probing {}", escape_controls(&shown));
     if p.handshake_checks().await {
         let text = "ferrows probe: héllo ✓";
         p.echo_check(

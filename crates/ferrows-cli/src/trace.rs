@@ -538,7 +538,34 @@ fn print_head(head: &[u8], out: &mut Vec<String>) {
         } else {
             ""
         };
-        out.push(format!("{}{mark}", escape_controls(body)));
+        let body = redact_head_line(body);
+        out.push(format!("{}{mark}", escape_controls(&body)));
+    }
+}
+
+/// A head line with its credentials redacted: the `?token=` (and the
+/// like) of a request line's target, an `Authorization` or
+/// `Proxy-Authorization` header's value. Tokens are never printed.
+pub(crate) fn redact_head_line(line: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    if let Some((name, _)) = line.split_once(':') {
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("authorization")
+            || name.eq_ignore_ascii_case("proxy-authorization")
+        {
+            return Cow::Owned(format!("{name}: [redacted]"));
+        }
+    }
+    // A request line: METHOD TARGET VERSION.
+    let mut parts = line.splitn(3, ' ');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(method), Some(target), Some(version))
+            if target.contains('?') && version.starts_with("HTTP/") =>
+        {
+            let target = ferrows::listener::redact_target(target);
+            Cow::Owned(format!("{method} {target} {version}"))
+        }
+        _ => Cow::Borrowed(line),
     }
 }
 

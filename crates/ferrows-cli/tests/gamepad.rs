@@ -55,6 +55,7 @@ impl Server {
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .env_remove("FERROWS_GAMEPAD_TOKEN")
+            .env_remove("FERROWS_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -425,7 +426,7 @@ async fn the_lease_expires_after_the_timeout() {
 
 #[tokio::test]
 async fn the_token_is_needed_to_drive() {
-    let server = Server::start(&["--output", "jsonl", "--token", "s3cret ü"]);
+    let server = Server::start(&["--output", "jsonl", "--drive-token", "s3cret ü"]);
     // Without it: a viewer, told why.
     let mut anon = connect(&server.url("/")).await;
     let hello = next_of(&mut anon, "hello").await;

@@ -11,13 +11,33 @@ const ferrows = (() => {
     return e;
   }
 
-  /** The ws:// or wss:// URL of `path` on the server that served this page. */
+  /**
+   * The credentials of this page's own URL (`?token=`, the server's
+   * connection token; `?drive_token=`, the gamepad's driving token) as a
+   * query string for a URL on the same server: "" or "?token=...".
+   */
+  function credentials() {
+    const mine = new URLSearchParams(location.search);
+    const out = new URLSearchParams();
+    for (const name of ["token", "drive_token"]) {
+      const value = mine.get(name);
+      if (value) out.set(name, value);
+    }
+    const query = out.toString();
+    return query ? "?" + query : "";
+  }
+
+  /**
+   * The ws:// or wss:// URL of `path` on the server that served this page,
+   * with the page's credentials (a token-protected server refuses the
+   * WebSocket without them; the page itself is public).
+   */
   function wsUrl(path) {
     if (location.protocol !== "http:" && location.protocol !== "https:") {
       return "ws://localhost:9001" + path;
     }
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    return scheme + "//" + location.host + path;
+    return scheme + "//" + location.host + path + credentials();
   }
 
   function pad(n, width) {
@@ -122,5 +142,5 @@ const ferrows = (() => {
     if (atEnd) log.scrollTop = log.scrollHeight;
   }
 
-  return { el, wsUrl, clock, toHex, parseHex, closeName, ms, msRange, clip, setStatus, appendBounded };
+  return { el, wsUrl, credentials, clock, toHex, parseHex, closeName, ms, msRange, clip, setStatus, appendBounded };
 })();

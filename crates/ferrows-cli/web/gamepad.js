@@ -303,10 +303,8 @@
   // ------------------------------------------------------------ the link
 
   function url() {
-    let u = ferrows.wsUrl(location.pathname || "/");
-    const token = new URLSearchParams(location.search).get("token");
-    if (token) u += "?token=" + encodeURIComponent(token);
-    return u;
+    // With the page's ?token= and ?drive_token=.
+    return ferrows.wsUrl(location.pathname || "/");
   }
 
   function onMessage(ev) {

@@ -45,6 +45,24 @@
 //! | [`Listener::max_pending_handshakes`]: connections accepted whose request head is not complete | 1024 | the oldest pending one is dropped for the new one |
 //! | [`Listener::max_pending_per_ip`]: the same, per client address (IPv6 by /64) | 256 | the new connection is closed |
 //! | [`Config::handshake_timeout`]: one deadline from accept through TLS to the end of the request head | 10 s | the connection is closed |
+//! | [`Listener::max_connections_per_ip`]: WebSocket connections at once from one client address (IPv6 by /64); 0: no limit | 256 | the upgrade gets HTTP 503 with `Retry-After: 5` |
+//! | [`Listener::handshake_rate_per_ip`]: connections accepted per second from one client address (a token bucket, bursts of [`Listener::handshake_burst_per_ip`]); 0: no limit | 20/s, bursts of 40 | the request gets HTTP 429 with `Retry-After` |
+//! | [`Listener::token`]: the token every upgrade must present | none | the upgrade gets HTTP 401 with `WWW-Authenticate: Bearer` |
+//!
+//! The checks run in this order once the request head is read: the
+//! handshake rate (every request, page or upgrade), then for an upgrade
+//! the token, the Origin, the per-address cap and the connection cap.
+//! Every refusal is answered before the upgrade, and logged at most once
+//! a second per kind (the first at once with its address; then one line
+//! with the count). The per-address tables are bounded: see
+//! [`MAX_TRACKED_ADDRESSES`].
+//!
+//! The two per-address limits do not apply to loopback clients
+//! (127.0.0.0/8, `::1`) unless [`Listener::per_ip_limits_on_loopback`] is
+//! set: a local client is the operator's own (a benchmark, a reverse
+//! proxy on the same host, through which every client would share one
+//! address and be throttled together), and loopback cannot be reached
+//! from the network.
 //!
 //! Each WebSocket connection owns one place of the cap from its upgrade
 //! until its handler returns, so the cap counts exactly the connections
@@ -71,12 +89,25 @@ use crate::error::{Error, Result};
 use crate::server::{Handshake, is_per_connection_error};
 use crate::stream::MaybeTlsStream;
 
+mod access;
+
+use self::access::{ConnTable, Detail, IpSlot, NoDetail, RateTable, Refusal, RefusalLog};
+pub use self::access::{
+    MAX_TRACKED_ADDRESSES, percent_decode, presented_token, redact_target, token_matches,
+};
+
 /// Default for [`Listener::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default for [`Listener::max_pending_handshakes`].
 pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 1024;
 /// Default for [`Listener::max_pending_per_ip`].
 pub const DEFAULT_MAX_PENDING_PER_IP: usize = 256;
+/// Default for [`Listener::max_connections_per_ip`].
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Default for [`Listener::handshake_rate_per_ip`] (per second).
+pub const DEFAULT_HANDSHAKE_RATE_PER_IP: u32 = 20;
+/// Default for [`Listener::handshake_burst_per_ip`].
+pub const DEFAULT_HANDSHAKE_BURST_PER_IP: u32 = 40;
 /// Default for [`Listener::shutdown_grace`].
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -95,6 +126,7 @@ pub struct Listener<S = Accepted> {
     max_connections: usize,
     max_pending: usize,
     max_pending_per_ip: usize,
+    access: AccessSettings,
     origins: Vec<String>,
     grace: Duration,
     wrap: Arc<Wrap<S>>,
@@ -110,6 +142,7 @@ impl<S> fmt::Debug for Listener<S> {
             .field("max_pending_handshakes", &self.max_pending)
             .field("max_pending_per_ip", &self.max_pending_per_ip)
             .field("origins", &self.origins)
+            .field("access", &self.access)
             .finish_non_exhaustive()
     }
 }
@@ -142,6 +175,7 @@ impl Listener {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_pending: DEFAULT_MAX_PENDING_HANDSHAKES,
             max_pending_per_ip: DEFAULT_MAX_PENDING_PER_IP,
+            access: AccessSettings::default(),
             origins: Vec::new(),
             grace: DEFAULT_SHUTDOWN_GRACE,
             wrap: Arc::new(|stream, _| stream),
@@ -216,6 +250,58 @@ impl<S> Listener<S> {
         self
     }
 
+    /// The most WebSocket connections at once from one client address
+    /// (IPv6 addresses count by their /64 network, IPv4-mapped ones as
+    /// IPv4): an upgrade past it is answered HTTP 503 with `Retry-After`.
+    /// 0: no limit. Default: 256.
+    pub fn max_connections_per_ip(mut self, connections: usize) -> Listener<S> {
+        self.access.max_connections_per_ip = connections;
+        self
+    }
+
+    /// Connections accepted per second from one client address (counted
+    /// as [`Listener::max_connections_per_ip`] does), on average: a token
+    /// bucket refilled at this rate, holding up to
+    /// [`Listener::handshake_burst_per_ip`]. Every accepted connection
+    /// takes a token (pages too); one past it gets HTTP 429 with
+    /// `Retry-After` once its request head is read. 0: no limit.
+    /// Default: 20.
+    pub fn handshake_rate_per_ip(mut self, per_second: u32) -> Listener<S> {
+        self.access.rate_per_ip = per_second;
+        self
+    }
+
+    /// The burst of [`Listener::handshake_rate_per_ip`]: connections one
+    /// address may open at once after a quiet time (at least 1).
+    /// Default: 40.
+    pub fn handshake_burst_per_ip(mut self, burst: u32) -> Listener<S> {
+        self.access.burst_per_ip = burst.max(1);
+        self
+    }
+
+    /// Applies [`Listener::max_connections_per_ip`] and
+    /// [`Listener::handshake_rate_per_ip`] to loopback clients too
+    /// (127.0.0.0/8, `::1`). Default: false (loopback is exempt).
+    pub fn per_ip_limits_on_loopback(mut self, apply: bool) -> Listener<S> {
+        self.access.on_loopback = apply;
+        self
+    }
+
+    /// Accepts WebSocket upgrades only with this token, given as
+    /// `Authorization: Bearer TOKEN` (programs) or as the query parameter
+    /// `?token=TOKEN`, percent-encoded (browsers, which cannot set headers
+    /// on a WebSocket); others get HTTP 401 with `WWW-Authenticate:
+    /// Bearer`, before the upgrade. Plain HTTP requests (pages) are not
+    /// gated: the handler decides. The comparison takes a time that does
+    /// not depend on the token ([`token_matches`]). The token is never
+    /// logged by the listener; log request targets through
+    /// [`redact_target`]. An empty token means none. Default: none.
+    pub fn token(mut self, token: impl Into<String>) -> Listener<S> {
+        let token: String = token.into();
+        self.access.token = (!token.is_empty()).then(|| Arc::from(token.into_bytes()));
+        self
+    }
+
     /// Accepts WebSocket upgrades only with one of these `Origin` values
     /// (compared case-insensitively); others, and upgrades without an
     /// Origin, get HTTP 403. Empty (the default): any origin.
@@ -257,6 +343,7 @@ impl<S> Listener<S> {
             max_connections: self.max_connections,
             max_pending: self.max_pending,
             max_pending_per_ip: self.max_pending_per_ip,
+            access: self.access,
             origins: self.origins,
             grace: self.grace,
             wrap: Arc::new(wrap),
@@ -316,12 +403,14 @@ where
             max_connections,
             max_pending,
             max_pending_per_ip,
+            access,
             origins,
             grace,
             wrap,
             shutdown_tx,
             handle,
         } = self;
+        let access = Access::new(access);
         let state = handle.state.clone();
         state.set_max_connections(max_connections);
         let tracker = TaskTracker::new();
@@ -335,7 +424,9 @@ where
             state: state.clone(),
             shutdown: shutdown_tx.subscribe(),
             tracker: tracker.clone(),
+            access,
         });
+        let refusal_summaries = tokio::spawn(summarize_refusals(shared.clone()));
         let mut shutdown = pin!(shutdown);
         loop {
             let (tcp_stream, peer) = tokio::select! {
@@ -357,17 +448,26 @@ where
             let ticket = match state.admit(peer, max_pending, max_pending_per_ip) {
                 Ok(ticket) => ticket,
                 Err(()) => {
-                    tracing::warn!(
-                        peer = %display_addr(peer),
-                        max = max_pending_per_ip,
-                        "too many pending handshakes from this address: closed"
-                    );
+                    let max = Detail(format!("max {max_pending_per_ip}"));
+                    shared
+                        .access
+                        .refusals
+                        .refused(Refusal::PendingPerIp, peer, &max);
                     continue;
                 }
             };
-            tracker.spawn(handshake(tcp_stream, peer, ticket, shared.clone()));
+            let over_rate = shared.access.charge(peer);
+            tracker.spawn(handshake(
+                tcp_stream,
+                peer,
+                ticket,
+                over_rate,
+                shared.clone(),
+            ));
         }
         drop(tcp);
+        refusal_summaries.abort();
+        shared.access.refusals.flush();
         tracing::info!(
             connections = handle.connections(),
             "shutting down: closing connections with 1001"
@@ -396,6 +496,116 @@ struct Shared<S, H> {
     state: Arc<State>,
     shutdown: watch::Receiver<bool>,
     tracker: TaskTracker,
+    access: Access,
+}
+
+/// The access settings of a [`Listener`].
+#[derive(Clone)]
+struct AccessSettings {
+    max_connections_per_ip: usize,
+    rate_per_ip: u32,
+    burst_per_ip: u32,
+    on_loopback: bool,
+    token: Option<Arc<[u8]>>,
+}
+
+impl Default for AccessSettings {
+    fn default() -> AccessSettings {
+        AccessSettings {
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            rate_per_ip: DEFAULT_HANDSHAKE_RATE_PER_IP,
+            burst_per_ip: DEFAULT_HANDSHAKE_BURST_PER_IP,
+            on_loopback: false,
+            token: None,
+        }
+    }
+}
+
+impl fmt::Debug for AccessSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the token itself.
+        f.debug_struct("AccessSettings")
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("rate_per_ip", &self.rate_per_ip)
+            .field("burst_per_ip", &self.burst_per_ip)
+            .field("on_loopback", &self.on_loopback)
+            .field("token", &self.token.is_some())
+            .finish()
+    }
+}
+
+/// The access settings with their tables, while serving.
+struct Access {
+    settings: AccessSettings,
+    conns: Arc<ConnTable>,
+    rates: RateTable,
+    refusals: RefusalLog,
+}
+
+impl Access {
+    fn new(settings: AccessSettings) -> Access {
+        Access {
+            settings,
+            conns: Arc::new(ConnTable::default()),
+            rates: RateTable::new(MAX_TRACKED_ADDRESSES),
+            refusals: RefusalLog::default(),
+        }
+    }
+
+    /// Charges a new connection to its address's handshake rate; `Some`
+    /// (how long until the next is allowed) past it.
+    fn charge(&self, peer: SocketAddr) -> Option<Duration> {
+        let rate = self.settings.rate_per_ip;
+        if rate == 0 || self.exempt(peer) {
+            return None;
+        }
+        let burst = f64::from(self.settings.burst_per_ip.max(1));
+        self.rates
+            .take(IpKey::of(peer.ip()), f64::from(rate), burst)
+            .err()
+    }
+
+    /// Whether the per-address limits skip `peer` (loopback, by default).
+    fn exempt(&self, peer: SocketAddr) -> bool {
+        !self.settings.on_loopback && peer.ip().to_canonical().is_loopback()
+    }
+
+    /// Whether the request presents the token (or none is needed).
+    fn authorized(&self, request: &ferrows_proto::handshake::Request) -> bool {
+        match &self.settings.token {
+            None => true,
+            Some(expected) => {
+                presented_token(request).is_some_and(|given| token_matches(expected, &given))
+            }
+        }
+    }
+
+    /// A place for one more connection from `peer` (`Ok(None)`: no limit).
+    fn take_slot(&self, peer: SocketAddr) -> std::result::Result<Option<IpSlot>, ()> {
+        let max = self.settings.max_connections_per_ip;
+        if max == 0 || self.exempt(peer) {
+            return Ok(None);
+        }
+        self.conns
+            .take(IpKey::of(peer.ip()), max)
+            .map(Some)
+            .ok_or(())
+    }
+}
+
+/// Writes the refusal summaries every second.
+async fn summarize_refusals<S, H>(shared: Arc<Shared<S, H>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        shared.access.refusals.flush();
+    }
+}
+
+/// `Retry-After` in whole seconds, at least 1.
+fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 /// From accept to the handler: TLS and the request head under one
@@ -404,6 +614,7 @@ async fn handshake<S, H, Fut>(
     tcp: TcpStream,
     peer: SocketAddr,
     ticket: Ticket,
+    over_rate: Option<Duration>,
     shared: Arc<Shared<S, H>>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -420,36 +631,68 @@ async fn handshake<S, H, Fut>(
     let hs = tokio::select! {
         biased;
         () = ticket.token.cancelled() => {
-            tracing::info!(peer = %display_addr(peer), "pending handshake pool full: dropped the oldest pending connection");
+            shared.access.refusals.refused(Refusal::PendingFull, peer, &NoDetail);
             return;
         }
         head = head => match head {
             Ok(Some(hs)) => hs,
             Ok(None) => return,
             Err(_) => {
-                tracing::info!(peer = %display_addr(peer), timeout = ?shared.config.handshake_timeout, "handshake timed out: closed");
+                let timeout = Detail(format!("{:?}", shared.config.handshake_timeout));
+                shared.access.refusals.refused(Refusal::Timeout, peer, &timeout);
                 return;
             }
         },
     };
     drop(ticket);
     let hs = hs.with_peer_addr(peer);
+    let refusals = &shared.access.refusals;
+    if let Some(wait) = over_rate {
+        refusals.refused(Refusal::Rate, peer, &NoDetail);
+        let reject = crate::Reject::new(429, "too many connections from this address")
+            .with_header("Retry-After", retry_after_secs(wait).to_string());
+        let _ = hs.reject_with(&reject).await;
+        return;
+    }
     let mut permit = None;
+    let mut ip_slot = None;
     if hs.request().is_upgrade() {
+        if !shared.access.authorized(hs.request()) {
+            refusals.refused(Refusal::Unauthorized, peer, &NoDetail);
+            let reject = crate::Reject::new(401, "a token is required")
+                .with_header("WWW-Authenticate", "Bearer");
+            let _ = hs.reject_with(&reject).await;
+            return;
+        }
         if !origin_allowed(&shared.origins, hs.request().header("origin")) {
-            tracing::warn!(peer = %display_addr(peer), origin = ?hs.request().header("origin"), "origin not allowed: 403");
+            let origin = Detail(format!("{:?}", hs.request().header("origin")));
+            refusals.refused(Refusal::Origin, peer, &origin);
             let _ = hs.reject(403, "origin not allowed").await;
             return;
+        }
+        match shared.access.take_slot(peer) {
+            Ok(slot) => ip_slot = slot,
+            Err(()) => {
+                let max = shared.access.settings.max_connections_per_ip;
+                refusals.refused(
+                    Refusal::PerIpConnections,
+                    peer,
+                    &Detail(format!("max {max}")),
+                );
+                let reject = crate::Reject::new(503, "too many connections from this address")
+                    .with_header("Retry-After", access::RETRY_AFTER_FULL.to_string());
+                let _ = hs.reject_with(&reject).await;
+                return;
+            }
         }
         match shared.state.permits.clone().try_acquire_owned() {
             Ok(p) => permit = Some(p),
             Err(_) => {
-                tracing::warn!(
-                    peer = %display_addr(peer),
-                    max = shared.state.max_connections(),
-                    "connection limit reached: 503"
-                );
-                let _ = hs.reject(503, "too many connections").await;
+                let max = shared.state.max_connections();
+                refusals.refused(Refusal::Capacity, peer, &Detail(format!("max {max}")));
+                let reject = crate::Reject::new(503, "too many connections")
+                    .with_header("Retry-After", access::RETRY_AFTER_FULL.to_string());
+                let _ = hs.reject_with(&reject).await;
                 return;
             }
         }
@@ -462,6 +705,7 @@ async fn handshake<S, H, Fut>(
     shared.tracker.spawn(Permitted {
         fut: (shared.handler)(hs, peer, shutdown),
         _permit: permit,
+        _ip_slot: ip_slot,
     });
 }
 
@@ -481,7 +725,10 @@ where
         Some(acceptor) => match acceptor.accept(tcp).await {
             Ok(s) => MaybeTlsStream::ServerTls(Box::new(s)),
             Err(e) => {
-                tracing::info!(peer = %display_addr(peer), error = %e, "TLS handshake failed");
+                shared
+                    .access
+                    .refusals
+                    .refused(Refusal::Tls, peer, &Detail(e));
                 return None;
             }
         },
@@ -492,11 +739,17 @@ where
     match Handshake::read(stream, shared.config.clone()).await {
         Ok(hs) => Some(hs),
         Err(Error::HandshakeTimeout) => {
-            tracing::info!(peer = %display_addr(peer), "handshake timed out: closed");
+            shared
+                .access
+                .refusals
+                .refused(Refusal::Timeout, peer, &NoDetail);
             None
         }
         Err(e) => {
-            tracing::info!(peer = %display_addr(peer), error = %e, "bad request");
+            shared
+                .access
+                .refusals
+                .refused(Refusal::BadRequest, peer, &Detail(e));
             None
         }
     }
@@ -509,6 +762,7 @@ pin_project_lite::pin_project! {
         #[pin]
         fut: F,
         _permit: Option<OwnedSemaphorePermit>,
+        _ip_slot: Option<IpSlot>,
     }
 }
 

@@ -386,3 +386,142 @@ async fn a_pump_paused_for_reading_still_writes_and_reads_after_the_instant() {
         "read after {read_after:?}, during the pause"
     );
 }
+
+// ------------------------------------------------ access control (issue 9)
+
+/// Sends `request` from the local address `from` (any of 127.0.0.0/8 on
+/// Linux) and returns the response head and the stream.
+async fn head_from(from: [u8; 4], addr: SocketAddr, request: &str) -> (String, TcpStream) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((from, 0))).unwrap();
+    let mut tcp = within("connect", socket.connect(addr)).await.unwrap();
+    within("write", tcp.write_all(request.as_bytes()))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = within("response", tcp.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "closed without a response: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    (String::from_utf8_lossy(&got).into_owned(), tcp)
+}
+
+fn status_in(head: &str) -> u16 {
+    head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap()
+}
+
+/// An upgrade request for `target`.
+fn upgrade_to(addr: SocketAddr, target: &str, extra: &str) -> String {
+    upgrade_request(addr, extra).replacen("GET / ", &format!("GET {target} "), 1)
+}
+
+#[tokio::test]
+async fn the_token_gates_upgrades_with_401_and_leaves_pages_public() {
+    let (addr, _handle, _stop, _task) = serve(bind().token("s3cret ü"));
+    let local = [127, 0, 0, 1];
+    for (target, extra) in [
+        ("/", ""),
+        ("/?token=wrong", ""),
+        ("/?token=s3cret", ""),
+        ("/", "Authorization: Bearer s3cret\r\n"),
+        ("/", "Authorization: Basic czNjcmV0IMO8\r\n"),
+    ] {
+        let (head, _) = head_from(local, addr, &upgrade_to(addr, target, extra)).await;
+        assert_eq!(status_in(&head), 401, "{target} {extra}: {head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("\r\nwww-authenticate: bearer\r\n"),
+            "{head}"
+        );
+    }
+    for (target, extra) in [
+        ("/?token=s3cret%20%C3%BC", ""),
+        ("/?room=1&token=s3cret+%C3%BC", ""),
+        ("/", "Authorization: Bearer s3cret ü\r\n"),
+        ("/", "authorization: bearer s3cret ü\r\n"),
+    ] {
+        let (head, _) = head_from(local, addr, &upgrade_to(addr, target, extra)).await;
+        assert_eq!(status_in(&head), 101, "{target} {extra}: {head}");
+    }
+    let (head, _) = head_from(local, addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status_in(&head), 200, "the page is public: {head}");
+}
+
+#[tokio::test]
+async fn one_address_gets_503_past_its_connection_cap_and_others_do_not() {
+    let (addr, handle, _stop, _task) = serve(
+        bind()
+            .max_connections_per_ip(3)
+            .per_ip_limits_on_loopback(true),
+    );
+    let a = [127, 0, 0, 1];
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let (head, tcp) = head_from(a, addr, &upgrade_request(addr, "")).await;
+        assert_eq!(status_in(&head), 101, "{head}");
+        open.push(tcp);
+    }
+    let (head, _) = head_from(a, addr, &upgrade_request(addr, "")).await;
+    assert_eq!(status_in(&head), 503, "{head}");
+    assert!(head.contains("\r\nRetry-After: 5\r\n"), "{head}");
+    // A page is still served to it, and another address connects.
+    let (head, _) = head_from(a, addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status_in(&head), 200, "{head}");
+    let (head, _other) = head_from([127, 0, 0, 2], addr, &upgrade_request(addr, "")).await;
+    assert_eq!(status_in(&head), 101, "another address: {head}");
+    // A place freed is a place again.
+    open.pop();
+    eventually("a place freed", || handle.connections() == 3).await;
+    let (head, _) = head_from(a, addr, &upgrade_request(addr, "")).await;
+    assert_eq!(status_in(&head), 101, "{head}");
+}
+
+#[tokio::test]
+async fn one_address_gets_429_past_its_handshake_rate_and_others_do_not() {
+    let (addr, _handle, _stop, _task) = serve(
+        bind()
+            .handshake_rate_per_ip(1)
+            .handshake_burst_per_ip(5)
+            .per_ip_limits_on_loopback(true),
+    );
+    let a = [127, 0, 0, 1];
+    for i in 0..5 {
+        let (head, _) = head_from(a, addr, &upgrade_request(addr, "")).await;
+        assert_eq!(status_in(&head), 101, "handshake {i} of the burst: {head}");
+    }
+    // Pages count too: a connection is a connection.
+    let (head, _) = head_from(a, addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status_in(&head), 429, "{head}");
+    let (head, _) = head_from(a, addr, &upgrade_request(addr, "")).await;
+    assert_eq!(status_in(&head), 429, "{head}");
+    let retry: u64 = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Retry-After: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Retry-After: {head}"));
+    assert!((1..=2).contains(&retry), "{head}");
+    let (head, _) = head_from([127, 0, 0, 3], addr, &upgrade_request(addr, "")).await;
+    assert_eq!(status_in(&head), 101, "another address: {head}");
+    // A token is due after a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (head, _) = head_from(a, addr, &upgrade_request(addr, "")).await;
+    assert_eq!(status_in(&head), 101, "after the wait: {head}");
+}
+
+#[tokio::test]
+async fn loopback_is_exempt_from_the_per_address_limits_by_default() {
+    let (addr, _handle, _stop, _task) = serve(
+        bind()
+            .max_connections_per_ip(2)
+            .handshake_rate_per_ip(1)
+            .handshake_burst_per_ip(1),
+    );
+    let mut open = Vec::new();
+    for i in 0..10 {
+        let (head, tcp) = head_from([127, 0, 0, 1], addr, &upgrade_request(addr, "")).await;
+        assert_eq!(status_in(&head), 101, "{i}: {head}");
+        open.push(tcp);
+    }
+}

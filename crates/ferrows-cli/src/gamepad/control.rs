@@ -210,7 +210,7 @@ impl Refusal {
                 format!("another driver has control (client {driver}); you are a viewer")
             }
             Refusal::TokenRequired => {
-                "driving requires the server's token (?token=… or an auth message)".to_owned()
+                "driving requires the driving token (?drive_token=… or an auth message)".to_owned()
             }
             Refusal::BadToken => "wrong token".to_owned(),
             Refusal::NotDriving => "you are not driving".to_owned(),

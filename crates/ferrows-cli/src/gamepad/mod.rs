@@ -3,7 +3,7 @@
 //!
 //! A plain GET returns the page; a WebSocket upgrade on the same path
 //! joins the robot. One client drives at a time (the first to send a
-//! command; `--token` makes driving require a token); the others are
+//! command; `--drive-token` makes driving require a token); the others are
 //! viewers. A single controller task owns the state ([`control`]): it
 //! takes every client's messages through one bounded channel, enforces the
 //! dead-man and the lease with its own timer, pushes output changes to the
@@ -99,14 +99,15 @@ pub(crate) struct GamepadArgs {
     /// Motor speed at full stick (0.01 to 1)
     #[arg(long, value_name = "FRACTION", default_value_t = 1.0, value_parser = parse_max_speed)]
     max_speed: f64,
-    /// Driving requires this token, sent as ?token=… or {"type":"auth","token":…}
+    /// Driving requires this token, sent as ?drive_token=… (or ?token=…
+    /// when the server has no --token) or {"type":"auth","token":…}
     #[arg(
-        long,
+        long = "drive-token",
         value_name = "TOKEN",
         env = "FERROWS_GAMEPAD_TOKEN",
         hide_env_values = true
     )]
-    token: Option<String>,
+    drive_token: Option<String>,
     /// Digital outputs: buttons 0..N-1 (the standard gamepad has 17)
     #[arg(long, value_name = "N", default_value_t = 17,
           value_parser = clap::value_parser!(u32).range(0..=64))]
@@ -188,6 +189,9 @@ enum Outbound {
 pub(crate) struct Gamepad {
     events: mpsc::Sender<Event>,
     next_id: Arc<AtomicU64>,
+    /// The server has a connection token (`--token`): the URL's `?token=`
+    /// is that one, not an attempt at the driving token.
+    connection_token: bool,
 }
 
 /// The running controller; [`Running::finish`] stops it and puts the
@@ -230,14 +234,20 @@ impl Running {
 ///
 /// When the output cannot be opened: a jsonl file in a missing directory,
 /// a bad GPIO configuration, a missing GPIO chip.
-pub(crate) fn start(args: &GamepadArgs) -> anyhow::Result<(Gamepad, Running)> {
+///
+/// `connection_token`: whether the server gates connections with
+/// `--token` (the URL's `?token=` is then not a driving token).
+pub(crate) fn start(
+    args: &GamepadArgs,
+    connection_token: bool,
+) -> anyhow::Result<(Gamepad, Running)> {
     let settings = Settings {
         deadzone: args.deadzone,
         max_speed: args.max_speed,
         deadman: args.deadman,
         lease_timeout: args.lease_timeout,
         buttons: args.buttons,
-        token: args.token.clone().filter(|t| !t.is_empty()),
+        token: args.drive_token.clone().filter(|t| !t.is_empty()),
     };
     let epoch = Instant::now();
     let latency = args.latency_stats.then(|| Arc::new(Latency::default()));
@@ -258,6 +268,7 @@ pub(crate) fn start(args: &GamepadArgs) -> anyhow::Result<(Gamepad, Running)> {
         Gamepad {
             events: tx.clone(),
             next_id: Arc::new(AtomicU64::new(1)),
+            connection_token,
         },
         Running {
             events: tx,
@@ -606,9 +617,16 @@ pub(crate) async fn handle(
         pages::respond_page(hs, peer, pages::gamepad()).await;
         return;
     }
-    let token = hs
-        .request()
-        .query_param("token")
+    // The driving token the URL offers: `?drive_token=`, or `?token=` when
+    // that is not the server's connection token (checked by the listener).
+    let request = hs.request();
+    let token = request
+        .query_param("drive_token")
+        .or_else(|| {
+            (!gamepad.connection_token)
+                .then(|| request.query_param("token"))
+                .flatten()
+        })
         .and_then(protocol::percent_decode);
     let path = hs.request().path().to_owned();
     {
@@ -868,7 +886,7 @@ pub(crate) async fn serve(args: ServeGamepadArgs) -> anyhow::Result<ExitCode> {
         .max_frame_size(protocol::MAX_MESSAGE);
     let opts = crate::net_options(&args.common, config)?;
     // The output first: a bad GPIO setup fails before anyone can connect.
-    let (gamepad, mut running) = start(&args.gamepad)?;
+    let (gamepad, mut running) = start(&args.gamepad, opts.access.token.is_some())?;
     let listener = net::bind(args.bind, args.port)?;
     let local = listener.local_addr().context("local address")?;
     tracing::info!("listening on {}", display_addr(local));

@@ -466,15 +466,29 @@ pub(crate) fn analyze(n: usize, conn: &Connection) -> Report {
         text,
         "request:  {} {} ({})",
         escape_controls(req.method()),
-        escape_controls(req.target()),
+        escape_controls(&ferrows::listener::redact_target(req.target())),
         bytes(req_len)
     );
-    json.insert("request".into(), json!({
-        "method": req.method(),
-        "target": req.target(),
-        "head_len": req_len,
-        "headers": req.headers().iter().map(|(n, v)| json!([n, String::from_utf8_lossy(v)])).collect::<Vec<_>>(),
-    }));
+    // Credentials (`?token=`, Authorization) are redacted here too.
+    let header_json = |(n, v): (&str, &[u8])| {
+        let secret = n.eq_ignore_ascii_case("authorization")
+            || n.eq_ignore_ascii_case("proxy-authorization");
+        let v = if secret {
+            "[redacted]".into()
+        } else {
+            String::from_utf8_lossy(v)
+        };
+        json!([n, v])
+    };
+    json.insert(
+        "request".into(),
+        json!({
+            "method": req.method(),
+            "target": ferrows::listener::redact_target(req.target()),
+            "head_len": req_len,
+            "headers": req.headers().iter().map(header_json).collect::<Vec<_>>(),
+        }),
+    );
     if !req.headers().has_token("upgrade", "websocket") {
         let _ = writeln!(text, "no Upgrade: websocket in the request: plain HTTP");
         json.insert("websocket".into(), json!(false));

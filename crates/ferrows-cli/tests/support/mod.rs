@@ -39,6 +39,8 @@ fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     for var in ECHO_VARS {
         cmd.env_remove(var);
     }
+    // No connection token from the caller's environment either.
+    cmd.env_remove("FERROWS_TOKEN");
     for (k, v) in env {
         cmd.env(k, v);
     }
