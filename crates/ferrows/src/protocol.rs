@@ -134,7 +134,8 @@ impl WriteCore {
     /// [`Error::Send`] for a close code that may not be sent (nothing is
     /// queued then).
     pub(crate) fn close_once(&mut self, frame: Option<&CloseFrame>) -> Result<(), Error> {
-        if self.encoder.is_closed() {
+        if self.encoder.is_closed() || self.ended || self.broken {
+            // Closed already, or nothing can be written any more.
             return Ok(());
         }
         self.encoder.close(frame, &mut self.queue)?;
@@ -294,6 +295,9 @@ impl ReadCore {
         self.buf = BytesMut::new();
         t.with_write(cx, |w, io, cx| {
             w.ended = true;
+            // What is still queued can never go out: writing it after our
+            // FIN (or the peer's reset) would only fail.
+            w.queue = WriteQueue::new();
             if !w.shut_down && !w.broken {
                 // One attempt: if the socket cannot take it now, dropping
                 // the stream closes it anyway.

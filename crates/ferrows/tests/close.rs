@@ -775,3 +775,20 @@ async fn close_codes_not_allowed_on_the_wire_are_refused() {
     let msg = next_msg(&mut client).await;
     assert_eq!(msg.as_text(), Some("and back"));
 }
+
+/// Closing (the `Sink` close) a connection that already ended writes
+/// nothing: it used to queue a close frame and write it to a socket whose
+/// write side was already shut down (found by the `connection` fuzz target:
+/// EPIPE here, `Error::Io`).
+#[tokio::test]
+async fn sink_close_after_the_end_writes_nothing() {
+    use futures_util::SinkExt;
+    let (mut server, client) = default_pair().await;
+    drop(client);
+    let end = within("server recv", server.recv()).await;
+    assert!(matches!(end, Some(Err(Error::AbnormalClosure))), "{end:?}");
+    let closed = within("sink close", SinkExt::<Message>::close(&mut server)).await;
+    assert!(closed.is_ok(), "sink close after the end: {closed:?}");
+    assert!(matches!(server.send("late").await, Err(Error::Closed)));
+    assert!(server.recv().await.is_none());
+}
