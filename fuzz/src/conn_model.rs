@@ -673,6 +673,19 @@ impl Checker {
         }
     }
 
+    /// A flush (or the `Sink` close's flush) returned `outcome`: it fails
+    /// only on a broken transport or a connection that is over.
+    pub fn flushed(&mut self, outcome: &SendOutcome) {
+        match outcome {
+            SendOutcome::Ok | SendOutcome::Pending => {}
+            SendOutcome::Io | SendOutcome::Closed => assert!(
+                self.reset || self.over,
+                "a flush failed ({outcome:?}) on a healthy connection"
+            ),
+            other => panic!("a flush returned {other:?}"),
+        }
+    }
+
     /// A queued message whose flush is pending: it was queued.
     pub fn queued_fragment(&mut self, msg: &LocalMsg) {
         if let LocalMsg::Fragment { fin, .. } = msg {
