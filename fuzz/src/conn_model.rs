@@ -183,8 +183,8 @@ pub enum LocalMsg {
     Pong(Vec<u8>),
     /// A close frame: `None` for an empty one, else code and reason.
     Close(Option<(u16, String)>),
-    /// One frame of a fragmented message (text fragments are ASCII, so the
-    /// message is valid UTF-8 wherever it is cut).
+    /// One frame of a fragmented message (ASCII, so a text message is
+    /// valid UTF-8 wherever it is cut, whatever type its pieces claim).
     Fragment {
         /// Text (else binary).
         text: bool,
@@ -342,10 +342,11 @@ impl Generator {
             _ => {
                 let mut data = input.payload();
                 let text = kind & 0x10 != 0;
-                if text {
-                    for b in &mut data {
-                        *b = b'a' + (*b % 26);
-                    }
+                // ASCII either way: a continuation takes the type of the
+                // message it continues (a "binary" piece of a text message
+                // must be UTF-8 too, which is the application's business).
+                for b in &mut data {
+                    *b = b'a' + (*b % 26);
                 }
                 LocalMsg::Fragment {
                     text,

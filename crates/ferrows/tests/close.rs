@@ -753,7 +753,7 @@ async fn the_writer_half_close_is_bounded_when_the_peer_does_not_read() {
 /// with 1002 (found by the `connection` fuzz target).
 #[tokio::test]
 async fn close_codes_not_allowed_on_the_wire_are_refused() {
-    let (mut server, mut client) = default_pair().await;
+    let (server, mut client) = default_pair().await;
     for code in [1005u16, 1006, 1015, 999, 5000] {
         let sent = client.send(Message::close(code, "no")).await;
         assert!(matches!(sent, Err(Error::Send(_))), "send {code}: {sent:?}");
