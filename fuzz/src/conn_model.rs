@@ -657,13 +657,12 @@ impl Checker {
             SendOutcome::Refused => {
                 assert!(forbidden, "a valid message was refused: {msg:?}")
             }
-            SendOutcome::Ok | SendOutcome::Pending => {
+            // Waiting for room in the queue: not looked at yet.
+            SendOutcome::Pending => {}
+            SendOutcome::Ok => {
                 assert!(!forbidden, "a forbidden message was accepted: {msg:?}");
                 if let LocalMsg::Fragment { fin, .. } = msg {
-                    // Pending: not queued (feed waits before queueing).
-                    if *outcome == SendOutcome::Ok {
-                        self.fragmenting = !fin;
-                    }
+                    self.fragmenting = !fin;
                 }
             }
             SendOutcome::Closed | SendOutcome::Io => assert!(
@@ -684,13 +683,6 @@ impl Checker {
                 "a flush failed ({outcome:?}) on a healthy connection"
             ),
             other => panic!("a flush returned {other:?}"),
-        }
-    }
-
-    /// A queued message whose flush is pending: it was queued.
-    pub fn queued_fragment(&mut self, msg: &LocalMsg) {
-        if let LocalMsg::Fragment { fin, .. } = msg {
-            self.fragmenting = !fin;
         }
     }
 
