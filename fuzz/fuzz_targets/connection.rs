@@ -105,7 +105,11 @@ impl AsyncRead for Pipe {
 }
 
 impl AsyncWrite for Pipe {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.write(&[buf])
     }
 
@@ -164,7 +168,9 @@ fn message(msg: &LocalMsg) -> Message {
         LocalMsg::Ping(p) => Message::ping(p.clone()),
         LocalMsg::Pong(p) => Message::pong(p.clone()),
         LocalMsg::Close(None) => Message::Close(None),
-        LocalMsg::Close(Some((code, reason))) => Message::Close(Some(CloseFrame::new(*code, reason))),
+        LocalMsg::Close(Some((code, reason))) => {
+            Message::Close(Some(CloseFrame::new(*code, reason)))
+        }
         LocalMsg::Fragment { text, data, fin } => Message::Fragment(Fragment {
             opcode: if *text { OpCode::Text } else { OpCode::Binary },
             data: data.clone().into(),
@@ -256,8 +262,7 @@ impl Harness {
         let r = {
             let mut fut = pin!(self.ws.close(code, reason));
             loop {
-                let ws_poll =
-                    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+                let ws_poll = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
                 {
                     let mut s = self.pipe.0.borrow_mut();
                     let out = std::mem::take(&mut s.out);
@@ -285,12 +290,17 @@ impl Harness {
         match r {
             None => {
                 if !closing && !over_before {
-                    let outcome = if queued { SendOutcome::Ok } else { SendOutcome::Pending };
+                    let outcome = if queued {
+                        SendOutcome::Ok
+                    } else {
+                        SendOutcome::Pending
+                    };
                     self.checker.sent(&msg, closing, &outcome);
                 }
             }
             Some(Err(e @ (Error::Send(_) | Error::Closed))) => {
-                self.checker.sent(&msg, closing, &send_outcome(Poll::Ready(Err(e))));
+                self.checker
+                    .sent(&msg, closing, &send_outcome(Poll::Ready(Err(e))));
             }
             Some(result) => {
                 if queued {
@@ -334,11 +344,13 @@ impl Harness {
                 let closing = self.ws.is_closing();
                 let r = self.ws.queue(message(&msg));
                 self.drain();
-                self.checker.sent(&msg, closing, &send_outcome(Poll::Ready(r)));
+                self.checker
+                    .sent(&msg, closing, &send_outcome(Poll::Ready(r)));
             }
             Op::Flush => self.flush().await,
             Op::Close(code, reason, polls) => {
-                self.close(code, &reason, Some(usize::from(polls) + 1)).await
+                self.close(code, &reason, Some(usize::from(polls) + 1))
+                    .await
             }
             Op::SinkClose => {
                 let closing = self.ws.is_closing();
@@ -410,7 +422,13 @@ async fn run(data: &[u8]) {
         protocol: None,
         deflate: setup.deflate.clone(),
     };
-    let ws = WebSocket::from_upgraded(pipe.clone(), setup.role, &config, negotiated, BytesMut::new());
+    let ws = WebSocket::from_upgraded(
+        pipe.clone(),
+        setup.role,
+        &config,
+        negotiated,
+        BytesMut::new(),
+    );
     let mut h = Harness {
         ws,
         pipe,
@@ -459,10 +477,7 @@ async fn run(data: &[u8]) {
     // ends it within the close timeout.
     let start = tokio::time::Instant::now();
     while h.recv().await != RecvOutcome::End {
-        assert!(
-            start.elapsed() <= 3 * timeout,
-            "the connection did not end"
-        );
+        assert!(start.elapsed() <= 3 * timeout, "the connection did not end");
         tokio::time::advance(Duration::from_millis(250)).await;
     }
     h.checker.finish();

@@ -284,7 +284,14 @@ impl Generator {
     /// A well-formed data message from the peer, compressed if deflate is
     /// on and `compress`, in `pieces` frames (with a ping between the first
     /// two if `ping`).
-    fn message(&mut self, text: bool, data: &[u8], pieces: usize, compress: bool, ping: bool) -> Vec<u8> {
+    fn message(
+        &mut self,
+        text: bool,
+        data: &[u8],
+        pieces: usize,
+        compress: bool,
+        ping: bool,
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         let opcode = if text { 0x1 } else { 0x2 };
         let pieces = pieces.clamp(1, 8);
@@ -602,10 +609,7 @@ impl Checker {
                 Ok(Some(Incoming::Close(frame))) => {
                     let code = frame.map(|f| f.code.0);
                     if let Some(c) = code {
-                        assert!(
-                            CloseCode(c).is_valid_on_wire(),
-                            "we sent close code {c}"
-                        );
+                        assert!(CloseCode(c).is_valid_on_wire(), "we sent close code {c}");
                     }
                     if let Some(owed) = self.owed_close {
                         assert_eq!(owed, code, "our close frame has the wrong code");
