@@ -5,7 +5,7 @@ use std::fmt;
 use bytes::{Bytes, BytesMut};
 
 use crate::Role;
-use crate::close::CloseFrame;
+use crate::close::{CloseCode, CloseFrame};
 use crate::deflate::{Compressor, SharedKey};
 use crate::frame::{FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode};
 use crate::mask::apply_mask;
@@ -24,6 +24,10 @@ pub enum EncodeError {
     /// A whole message or a first fragment while a fragmented message is
     /// still being sent.
     FragmentInProgress,
+    /// A close code that may not be sent in a close frame (RFC 6455
+    /// §7.4: 1005, 1006, 1015, below 1000, ...; see
+    /// [`CloseCode::is_valid_on_wire`]).
+    InvalidCloseCode(CloseCode),
     /// `Continuation` or a control opcode where a data opcode is required.
     NotADataOpcode(OpCode),
 }
@@ -39,6 +43,9 @@ impl fmt::Display for EncodeError {
                 f.write_str("a fragmented message is still being sent")
             }
             EncodeError::NotADataOpcode(op) => write!(f, "{op} is not a data opcode"),
+            EncodeError::InvalidCloseCode(code) => {
+                write!(f, "close code {} may not be sent in a close frame", code.0)
+            }
         }
     }
 }
@@ -296,15 +303,23 @@ impl Encoder {
     }
 
     /// Encodes a close frame; nothing may be encoded after it.
-    /// `None` sends an empty close payload (the peer sees code 1005).
+    /// `None` sends an empty close payload (the peer sees code 1005); a
+    /// code that may not go on the wire (1005, 1006, ...) is refused with
+    /// [`EncodeError::InvalidCloseCode`].
     pub fn close(
         &mut self,
         frame: Option<&CloseFrame>,
         dst: &mut WriteQueue,
     ) -> Result<(), EncodeError> {
+        if self.closed {
+            return Err(EncodeError::Closed);
+        }
         let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
         let len = match frame {
             Some(f) => {
+                if !f.code.is_valid_on_wire() {
+                    return Err(EncodeError::InvalidCloseCode(f.code));
+                }
                 let code = f.code.0.to_be_bytes();
                 let reason = f.reason_bytes();
                 let len = 2 + reason.len();

@@ -1449,6 +1449,32 @@ mod encoder_rules {
         assert_eq!(decode_ok(Role::Client, &wire).len(), 23);
     }
 
+    /// RFC 6455 §7.4: 1005, 1006 and 1015 "MUST NOT be set as a status code
+    /// in a Close control frame", and codes outside the ranges are invalid
+    /// too. The encoder used to send whatever it was given (the peer then
+    /// failed the connection with 1002); found by the `connection` fuzz
+    /// target.
+    #[test]
+    fn close_codes_not_allowed_on_the_wire_are_refused() {
+        for role in [Role::Client, Role::Server] {
+            for code in [0u16, 999, 1004, 1005, 1006, 1015, 2999, 5000, 65535] {
+                let mut enc = Encoder::new(role, None);
+                let mut q = WriteQueue::new();
+                let frame = CloseFrame::new(code, "x");
+                assert_eq!(
+                    enc.close(Some(&frame), &mut q),
+                    Err(EncodeError::InvalidCloseCode(CloseCode(code))),
+                    "code {code}"
+                );
+                assert!(q.is_empty(), "code {code} was queued");
+                assert!(!enc.is_closed(), "a refused close still closed");
+                // A valid code still goes out afterwards.
+                enc.close(Some(&CloseFrame::new(1000, "")), &mut q).unwrap();
+                assert!(enc.is_closed());
+            }
+        }
+    }
+
     #[test]
     fn nothing_is_encoded_after_close() {
         for role in [Role::Client, Role::Server] {

@@ -684,6 +684,11 @@ async fn connection(hs: Handshake<Accepted>, peer: SocketAddr, shared: Arc<Share
 /// still arrives), within the close timeout; a server then closes TCP first
 /// (RFC 6455 §7.1.1), as [`WebSocket::close`] does.
 async fn close_handshake(ws: &mut WebSocket<Accepted>, frame: CloseFrame, id: u64) {
+    if !frame.code.is_valid_on_wire() {
+        // A code that may not be sent (1005, 1006, ...): close without one
+        // (the client sees 1005); `close` then only waits for the answer.
+        let _ = ws.queue(Message::Close(None));
+    }
     if let Err(e) = ws.close(frame.code, frame.reason()).await {
         tracing::debug!(id, error = %e, "close handshake failed");
     }

@@ -128,10 +128,19 @@ impl WriteCore {
     }
 
     /// Queues a close frame unless one was sent already.
-    pub(crate) fn close_once(&mut self, frame: Option<&CloseFrame>) {
-        if !self.encoder.is_closed() && self.encoder.close(frame, &mut self.queue).is_ok() {
-            self.close_sent_at = Some(Instant::now());
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Send`] for a close code that may not be sent (nothing is
+    /// queued then).
+    pub(crate) fn close_once(&mut self, frame: Option<&CloseFrame>) -> Result<(), Error> {
+        if self.encoder.is_closed() || self.ended || self.broken {
+            // Closed already, or nothing can be written any more.
+            return Ok(());
         }
+        self.encoder.close(frame, &mut self.queue)?;
+        self.close_sent_at = Some(Instant::now());
+        Ok(())
     }
 
     /// Writes the queue until it is empty or the socket would block.
@@ -286,6 +295,9 @@ impl ReadCore {
         self.buf = BytesMut::new();
         t.with_write(cx, |w, io, cx| {
             w.ended = true;
+            // What is still queued can never go out: writing it after our
+            // FIN (or the peer's reset) would only fail.
+            w.queue = WriteQueue::new();
             if !w.shut_down && !w.broken {
                 // One attempt: if the socket cannot take it now, dropping
                 // the stream closes it anyway.
@@ -461,7 +473,9 @@ impl ReadCore {
                     // Echo the peer's code (RFC 6455 §5.5.1); an empty close
                     // gets an empty close.
                     let reply = frame.as_ref().map(|f| CloseFrame::new(f.code, ""));
-                    t.with_write(cx, |w, _, _| w.close_once(reply.as_ref()));
+                    // The decoder accepts only codes valid on the wire, so
+                    // the echo cannot be refused.
+                    let _ = t.with_write(cx, |w, _, _| w.close_once(reply.as_ref()));
                     self.timer = None;
                     self.state = ReadState::Replying(frame);
                     return Decoded::StateChanged;
@@ -471,7 +485,8 @@ impl ReadCore {
             Err(e) => {
                 tracing::debug!(error = %e, "failing the connection");
                 let frame = CloseFrame::new(e.close_code(), e.close_reason());
-                t.with_write(cx, |w, _, _| w.close_once(Some(&frame)));
+                // 1002, 1007 or 1009: always valid.
+                let _ = t.with_write(cx, |w, _, _| w.close_once(Some(&frame)));
                 self.timer = None;
                 self.state = ReadState::Failing(Some(Error::Protocol(e)));
                 Decoded::StateChanged

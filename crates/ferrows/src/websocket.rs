@@ -278,7 +278,9 @@ where
     /// # Errors
     ///
     /// [`Error::CloseTimeout`] if the peer did not answer in time, or the
-    /// error that ended the connection meanwhile.
+    /// error that ended the connection meanwhile; [`Error::Send`] (and
+    /// nothing sent) for a code that may not go on the wire, such as 1005
+    /// or 1006 (see [`CloseCode::is_valid_on_wire`]).
     pub async fn close(&mut self, code: impl Into<CloseCode>, reason: &str) -> Result<()> {
         if !self.write.encoder.is_closed() && !self.read.is_done() {
             self.write
@@ -407,7 +409,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocket<S> {
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let this = self.get_mut();
         this.write
-            .close_once(Some(&CloseFrame::new(CloseCode::NORMAL, "")));
+            .close_once(Some(&CloseFrame::new(CloseCode::NORMAL, "")))?;
         this.poll_flush_queue(cx)
     }
 }
@@ -605,11 +607,14 @@ impl<S: AsyncRead + AsyncWrite> WsWriter<S> {
     /// # Errors
     ///
     /// [`Error::CloseTimeout`] if the peer does not read the frame in time,
-    /// [`Error::Io`] if writing fails.
+    /// [`Error::Io`] if writing fails, [`Error::Send`] for a code that may
+    /// not go on the wire.
     pub async fn close(&mut self, code: impl Into<CloseCode>, reason: &str) -> Result<()> {
         let timeout = {
             let mut shared = lock(&self.shared);
-            shared.core.close_once(Some(&CloseFrame::new(code, reason)));
+            shared
+                .core
+                .close_once(Some(&CloseFrame::new(code, reason)))?;
             shared.core.close_timeout
         };
         tokio::time::timeout(timeout, self.flush())
@@ -660,7 +665,7 @@ impl<S: AsyncRead + AsyncWrite> Sink<Message> for WsWriter<S> {
         let this = self.get_mut();
         lock(&this.shared)
             .core
-            .close_once(Some(&CloseFrame::new(CloseCode::NORMAL, "")));
+            .close_once(Some(&CloseFrame::new(CloseCode::NORMAL, "")))?;
         this.poll_flush_queue(cx)
     }
 }

@@ -746,3 +746,49 @@ async fn the_writer_half_close_is_bounded_when_the_peer_does_not_read() {
     let read = reader_task.await.unwrap();
     assert!(matches!(read, Some(Err(Error::CloseTimeout))), "{read:?}");
 }
+
+/// A close code that may not go on the wire (1005, 1006, 1015, out of
+/// range) is refused with `Error::Send` and nothing is sent: the connection
+/// stays open. It used to go out as is, and the peer failed the connection
+/// with 1002 (found by the `connection` fuzz target).
+#[tokio::test]
+async fn close_codes_not_allowed_on_the_wire_are_refused() {
+    let (server, mut client) = default_pair().await;
+    for code in [1005u16, 1006, 1015, 999, 5000] {
+        let sent = client.send(Message::close(code, "no")).await;
+        assert!(matches!(sent, Err(Error::Send(_))), "send {code}: {sent:?}");
+        let closed = within("close", client.close(code, "no")).await;
+        assert!(
+            matches!(closed, Err(Error::Send(_))),
+            "close {code}: {closed:?}"
+        );
+        assert!(!client.is_closing(), "code {code} started the close");
+    }
+    let (mut reader, mut writer) = server.split();
+    let refused = within("split close", writer.close(1006, "no")).await;
+    assert!(matches!(refused, Err(Error::Send(_))), "{refused:?}");
+    // Still open both ways: nothing reached the server but this message.
+    client.send("still open").await.unwrap();
+    let msg = within("server recv", reader.recv()).await.unwrap().unwrap();
+    assert_eq!(msg.as_text(), Some("still open"));
+    writer.send("and back").await.unwrap();
+    let msg = next_msg(&mut client).await;
+    assert_eq!(msg.as_text(), Some("and back"));
+}
+
+/// Closing (the `Sink` close) a connection that already ended writes
+/// nothing: it used to queue a close frame and write it to a socket whose
+/// write side was already shut down (found by the `connection` fuzz target:
+/// EPIPE here, `Error::Io`).
+#[tokio::test]
+async fn sink_close_after_the_end_writes_nothing() {
+    use futures_util::SinkExt;
+    let (mut server, client) = default_pair().await;
+    drop(client);
+    let end = within("server recv", server.recv()).await;
+    assert!(matches!(end, Some(Err(Error::AbnormalClosure))), "{end:?}");
+    let closed = within("sink close", SinkExt::<Message>::close(&mut server)).await;
+    assert!(closed.is_ok(), "sink close after the end: {closed:?}");
+    assert!(matches!(server.send("late").await, Err(Error::Closed)));
+    assert!(server.recv().await.is_none());
+}

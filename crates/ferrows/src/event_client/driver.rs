@@ -671,8 +671,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
     /// server's close, within the close timeout; a stop request cuts it
     /// short.
     async fn close(&mut self, frame: CloseFrame) {
-        // Fails only if a close frame went out already.
-        let _ = self.ws.queue(Message::Close(Some(frame)));
+        // A code that may not be sent (1005, 1006, ...) closes without one
+        // (the server sees 1005). Fails only if a close frame went out
+        // already.
+        let frame = frame.code.is_valid_on_wire().then_some(frame);
+        let _ = self.ws.queue(Message::Close(frame));
         if let Some(w) = self.waiting.take() {
             let _ = w.reply.send(Err(SendError::Closed));
         }
