@@ -662,10 +662,10 @@ impl Response {
 
     /// Writes the response head in wire form (for traces).
     pub fn to_head_string(&self) -> String {
-        let v = if self.version == 1 {
-            "HTTP/1.1"
-        } else {
-            "HTTP/1.0"
+        let v = match self.version {
+            1 => "HTTP/1.1",
+            h2::VERSION_2 => "HTTP/2",
+            _ => "HTTP/1.0",
         };
         let mut s = format!("{v} {} {}\r\n", self.status, self.reason);
         write_headers(&mut s, &self.headers);
@@ -712,6 +712,9 @@ pub enum ClientHandshakeError {
         /// The status it sent.
         status: u16,
     },
+    /// HTTP/2: the server did not send `SETTINGS_ENABLE_CONNECT_PROTOCOL =
+    /// 1`, so it cannot carry WebSockets over HTTP/2 (RFC 8441 §3).
+    ExtendedConnectDisabled,
 }
 
 impl fmt::Display for ClientHandshakeError {
@@ -753,6 +756,9 @@ impl fmt::Display for ClientHandshakeError {
                 f,
                 "server answered {status} {}, not 200 (RFC 8441 Extended CONNECT)",
                 reason_phrase(*status)
+            ),
+            ClientHandshakeError::ExtendedConnectDisabled => f.write_str(
+                "the server's HTTP/2 settings lack SETTINGS_ENABLE_CONNECT_PROTOCOL=1: it does not accept WebSockets over HTTP/2 (RFC 8441); connect over HTTP/1.1",
             ),
         }
     }

@@ -34,7 +34,7 @@
 
 use super::{
     Accepted, ClientHandshakeError, ClientRequest, HandshakeError, Headers, Negotiated, Request,
-    check_agreement, is_safe_field, is_token,
+    Response, check_agreement, is_safe_field, is_token, reason_phrase,
 };
 use crate::deflate::DeflateConfig;
 
@@ -223,6 +223,17 @@ pub fn request_fields(
         fields.push((name.to_ascii_lowercase(), value.clone()));
     }
     Ok(fields)
+}
+
+/// A [`Response`] from an HTTP/2 response's `:status` and fields (for the
+/// client's caller; [`Response::to_head_string`] says `HTTP/2`).
+pub fn response(status: u16, fields: Headers) -> Response {
+    Response {
+        status,
+        reason: reason_phrase(status).to_owned(),
+        version: VERSION_2,
+        headers: fields,
+    }
 }
 
 /// Checks a server's answer to an Extended CONNECT strictly: status 200,
