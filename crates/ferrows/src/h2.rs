@@ -129,12 +129,42 @@ impl AsyncWrite for H2Stream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        Pin::new(&mut self.get_mut().0)
+            .poll_flush(cx)
+            .map(ended_is_done)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().0)
+            .poll_shutdown(cx)
+            .map(ended_is_done)
     }
+}
+
+/// A flush or shutdown that fails because the peer already ended the
+/// stream gracefully (`RST_STREAM` with `NO_ERROR` or `CANCEL`, which a
+/// peer sends when it is done after the closing handshake) has nothing
+/// left to do: not an error, as a TCP shutdown after the peer's FIN is
+/// not.
+fn ended_is_done(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if is_graceful_reset(&e) => Ok(()),
+        r => r,
+    }
+}
+
+fn is_graceful_reset(e: &io::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|e| e as _);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<::h2::Error>() {
+            return matches!(
+                h2.reason(),
+                Some(::h2::Reason::NO_ERROR | ::h2::Reason::CANCEL)
+            );
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// A TLS server configuration that offers ALPN `h2` before `http/1.1`
@@ -680,34 +710,30 @@ impl H2Client {
             .handshake::<_, Empty<Bytes>>(TokioIo::new(io))
             .await
             .map_err(|e| Error::Io(io::Error::other(e)))?;
-        // The server's SETTINGS come first on the connection: drive it
-        // until they say Extended CONNECT is on. HTTP/2 does not tell
+        // The server's SETTINGS come first on the connection. hyper reads
+        // them in a task of its own, which wakes nobody when they change
+        // the flag: look every few milliseconds. HTTP/2 does not tell
         // "settings without the flag" from "settings not read yet", so a
         // server without it is recognised by the wait running out.
         let mut conn = Box::pin(conn);
-        let wait = std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
-                return Poll::Ready(Err(match r {
-                    Ok(()) => io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the HTTP/2 connection closed before the server's settings",
-                    ),
-                    Err(e) => io::Error::other(e),
-                }));
-            }
-            if conn.is_extended_connect_protocol_enabled() {
-                Poll::Ready(Ok(()))
-            } else {
-                Poll::Pending
-            }
-        });
-        match tokio::time::timeout(SETTINGS_WAIT.min(config.handshake_timeout), wait).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::Io(e)),
-            Err(_) => {
+        let deadline = tokio::time::Instant::now() + SETTINGS_WAIT.min(config.handshake_timeout);
+        while !conn.is_extended_connect_protocol_enabled() {
+            if tokio::time::Instant::now() >= deadline {
                 return Err(Error::ClientHandshake(
                     ClientHandshakeError::ExtendedConnectDisabled,
                 ));
+            }
+            tokio::select! {
+                r = conn.as_mut() => {
+                    return Err(Error::Io(match r {
+                        Ok(()) => io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the HTTP/2 connection closed before the server's settings",
+                        ),
+                        Err(e) => io::Error::other(e),
+                    }));
+                }
+                () = tokio::time::sleep(Duration::from_millis(2)) => {}
             }
         }
         tokio::spawn(async move {
