@@ -211,7 +211,13 @@ impl Request {
 
     /// Whether this asks for a WebSocket upgrade (`Upgrade: websocket`),
     /// valid or not: a router sends plain requests elsewhere.
+    ///
+    /// Over HTTP/2 ([`h2::request`]): whether it is a `CONNECT` with
+    /// `:protocol: websocket` (RFC 8441).
     pub fn is_upgrade(&self) -> bool {
+        if self.version == h2::VERSION_2 {
+            return self.method == "CONNECT" && self.headers.has_token(":protocol", h2::PROTOCOL);
+        }
         self.headers.has_token("upgrade", "websocket")
     }
 

@@ -100,8 +100,50 @@ type Body = Full<Bytes>;
 
 /// One WebSocket's byte stream: an HTTP/2 stream of an Extended CONNECT,
 /// with HTTP/2 flow control handled underneath (writes wait for the peer's
-/// window; shutting down ends the stream).
-pub struct H2Stream(TokioIo<hyper::upgrade::Upgraded>);
+/// window; shutting down ends the stream). On a [`crate::Listener`], the
+/// stream a handshake carries becomes usable once the `200` is sent.
+pub struct H2Stream(StreamState);
+
+enum StreamState {
+    /// The answer is not sent yet (`None`: a request that cannot become a
+    /// stream, e.g. a GET).
+    Pending(Option<OnUpgrade>),
+    Ready(TokioIo<hyper::upgrade::Upgraded>),
+}
+
+impl H2Stream {
+    fn ready(upgraded: hyper::upgrade::Upgraded) -> H2Stream {
+        H2Stream(StreamState::Ready(TokioIo::new(upgraded)))
+    }
+
+    fn poll_io(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<&mut TokioIo<hyper::upgrade::Upgraded>>> {
+        if let StreamState::Pending(pending) = &mut self.0 {
+            let Some(on_upgrade) = pending else {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "this HTTP/2 request is not a WebSocket stream",
+                )));
+            };
+            match Pin::new(on_upgrade).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(upgraded)) => {
+                    self.0 = StreamState::Ready(TokioIo::new(upgraded));
+                }
+                Poll::Ready(Err(e)) => {
+                    *pending = None;
+                    return Poll::Ready(Err(io::Error::other(e)));
+                }
+            }
+        }
+        match &mut self.0 {
+            StreamState::Ready(io) => Poll::Ready(Ok(io)),
+            StreamState::Pending(_) => Poll::Ready(Err(io::Error::other("unreachable state"))),
+        }
+    }
+}
 
 impl fmt::Debug for H2Stream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -115,7 +157,11 @@ impl AsyncRead for H2Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        match self.get_mut().poll_io(cx) {
+            Poll::Ready(Ok(io)) => Pin::new(io).poll_read(cx, buf),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -125,19 +171,27 @@ impl AsyncWrite for H2Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        match self.get_mut().poll_io(cx) {
+            Poll::Ready(Ok(io)) => Pin::new(io).poll_write(cx, buf),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0)
-            .poll_flush(cx)
-            .map(ended_is_done)
+        match self.get_mut().poll_io(cx) {
+            Poll::Ready(Ok(io)) => Pin::new(io).poll_flush(cx).map(ended_is_done),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0)
-            .poll_shutdown(cx)
-            .map(ended_is_done)
+        match self.get_mut().poll_io(cx) {
+            Poll::Ready(Ok(io)) => Pin::new(io).poll_shutdown(cx).map(ended_is_done),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -319,7 +373,7 @@ impl Future for UpgradeFuture {
             ))));
         };
         Poll::Ready(Ok(WebSocket::from_upgraded(
-            H2Stream(TokioIo::new(upgraded)),
+            H2Stream::ready(upgraded),
             Role::Server,
             &this.config,
             negotiated,
@@ -760,6 +814,26 @@ impl H2Client {
         builder: ClientBuilder,
     ) -> Result<(WebSocket<H2Stream>, Response)> {
         let config = builder.config_ref().clone();
+        let (stream, negotiated, response) = self.open_stream(builder).await?;
+        let ws =
+            WebSocket::from_upgraded(stream, Role::Client, &config, negotiated, BytesMut::new());
+        Ok((ws, response))
+    }
+
+    /// The handshake of [`H2Client::websocket`] without the WebSocket: the
+    /// stream, what was negotiated and the response, for wrapping the
+    /// stream (tracing, metering) before [`WebSocket::from_upgraded`]
+    /// (with [`Role::Client`], the builder's [`Config`] and no leftover
+    /// bytes).
+    ///
+    /// # Errors
+    ///
+    /// As [`H2Client::websocket`].
+    pub async fn open_stream(
+        &self,
+        builder: ClientBuilder,
+    ) -> Result<(H2Stream, Negotiated, Response)> {
+        let config = builder.config_ref().clone();
         config.validate()?;
         let request = builder.request()?;
         let url = builder.url()?;
@@ -791,8 +865,6 @@ impl H2Client {
             req.headers_mut().append(name, value);
         }
         let mut send = self.send.clone();
-        let timeout = config.handshake_timeout;
-        let config = &config;
         let work = async move {
             send.ready()
                 .await
@@ -815,19 +887,16 @@ impl H2Client {
             let upgraded = hyper::upgrade::on(&mut resp)
                 .await
                 .map_err(|e| Error::Io(io::Error::other(e)))?;
-            let ws = WebSocket::from_upgraded(
-                H2Stream(TokioIo::new(upgraded)),
-                Role::Client,
-                config,
+            Ok((
+                H2Stream::ready(upgraded),
                 Negotiated {
                     protocol: negotiated.protocol,
                     deflate: negotiated.deflate,
                 },
-                BytesMut::new(),
-            );
-            Ok((ws, handshake::h2::response(status, headers)))
+                handshake::h2::response(status, headers),
+            ))
         };
-        tokio::time::timeout(timeout, work)
+        tokio::time::timeout(config.handshake_timeout, work)
             .await
             .map_err(|_| Error::HandshakeTimeout)?
     }
@@ -859,7 +928,15 @@ async fn dial_tls(
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .map_err(|e| Error::Tls(e.to_string()))?;
+        .map_err(|e| {
+            if e.to_string().contains("NoApplicationProtocol") {
+                Error::Tls(format!(
+                    "{url}: the server does not offer HTTP/2 (ALPN h2): {e}"
+                ))
+            } else {
+                Error::Tls(e.to_string())
+            }
+        })?;
     let stream = MaybeTlsStream::ClientTls(Box::new(tls));
     if !is_h2(&stream) {
         return Err(Error::Tls(format!(
@@ -881,4 +958,144 @@ impl ClientBuilder {
         let client = H2Client::connect(&self).await?;
         client.websocket(self).await
     }
+}
+
+// ---------------------------------------------------------------------------
+// crate::Listener: HTTP/2 connections next to HTTP/1.1 ones.
+
+/// Where the answer to a request that came on an HTTP/2 stream goes (held
+/// by a [`crate::Handshake`] made by the listener).
+pub(crate) struct Reply {
+    protocol: Option<String>,
+    tx: oneshot::Sender<http::Response<Bytes>>,
+}
+
+impl fmt::Debug for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reply")
+            .field("protocol", &self.protocol)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reply {
+    /// Validates `request` (RFC 8441) and answers 200 with `accept`'s
+    /// choices; a refusal is answered and returned.
+    pub(crate) fn accept(
+        self,
+        request: &Request,
+        accept: Accept,
+        config: &Config,
+    ) -> Result<Negotiated> {
+        if let Err(e) = handshake::h2::validate_request(request, self.protocol.as_deref()) {
+            self.refuse(&e);
+            return Err(Error::Handshake(e));
+        }
+        match accept_parts(request, accept, config) {
+            Ok((response, negotiated)) => {
+                if self.tx.send(response).is_err() {
+                    return Err(Error::HandshakeTimeout);
+                }
+                Ok(negotiated)
+            }
+            Err(Error::Handshake(e)) => {
+                self.refuse(&e);
+                Err(Error::Handshake(e))
+            }
+            Err(e) => {
+                self.refuse(&HandshakeError::new(500, "server misconfigured"));
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn refuse(self, e: &HandshakeError) {
+        let _ = self.tx.send(refusal_response(e));
+    }
+
+    pub(crate) fn send(self, response: http::Response<Bytes>) {
+        let _ = self.tx.send(response);
+    }
+}
+
+/// A page answer over HTTP/2.
+pub(crate) fn page(
+    status: u16,
+    headers: &[(String, String)],
+    content_type: &str,
+    body: &[u8],
+) -> http::Response<Bytes> {
+    plain_response(status, headers, content_type, Bytes::copy_from_slice(body))
+}
+
+/// Turns an HTTP/2 stream into the listener's stream type (its wrap hook
+/// for HTTP/2).
+pub(crate) type WrapH2<S> = dyn Fn(H2Stream, SocketAddr) -> S + Send + Sync;
+
+/// Serves one HTTP/2 connection of a [`crate::Listener`]: each request
+/// becomes a [`crate::Handshake`] passed to `on_request` (which admits it
+/// and spawns the handler); its answer is awaited within the handshake
+/// timeout (503 after), 404 if the handshake is dropped unanswered.
+pub(crate) async fn serve_listener_connection<S, F>(
+    io: MaybeTlsStream<TcpStream>,
+    peer: SocketAddr,
+    config: Config,
+    max_concurrent_streams: u32,
+    wrap: Arc<WrapH2<S>>,
+    on_request: F,
+) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(crate::Handshake<S>) + Send + Sync + 'static,
+{
+    let on_request = Arc::new(on_request);
+    let head_size = u32::try_from(config.handshake_limits.max_head_size).unwrap_or(u32::MAX);
+    let service_config = config.clone();
+    let service = hyper::service::service_fn(
+        move |mut req: http::Request<hyper::body::Incoming>| {
+            let config = service_config.clone();
+            let wrap = wrap.clone();
+            let on_request = on_request.clone();
+            async move {
+                if req.headers().len() > config.handshake_limits.max_headers {
+                    tracing::info!(peer = %crate::listener::display_addr(peer), "HTTP/2 request with too many header fields: 431");
+                    let e = HandshakeError::new(431, "too many header fields");
+                    return Ok::<_, Infallible>(refusal_response(&e).map(Full::new));
+                }
+                let (request, protocol) = request_of(&req);
+                let on_upgrade = (req.method() == Method::CONNECT)
+                    .then(|| req.extensions_mut().remove::<OnUpgrade>())
+                    .flatten();
+                let (tx, rx) = oneshot::channel();
+                let stream = wrap(H2Stream(StreamState::Pending(on_upgrade)), peer);
+                let deadline = config.handshake_timeout;
+                let hs = crate::Handshake::from_h2(
+                    stream,
+                    request,
+                    config,
+                    peer,
+                    Reply { protocol, tx },
+                );
+                on_request(hs);
+                let response = match tokio::time::timeout(deadline, rx).await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(_)) => plain_response(
+                        404,
+                        &[],
+                        "text/plain; charset=utf-8",
+                        Bytes::from_static(b"not found\n"),
+                    ),
+                    Err(_) => refusal_response(&HandshakeError::new(503, "no answer in time")),
+                };
+                Ok(response.map(Full::new))
+            }
+        },
+    );
+    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .enable_connect_protocol()
+        .max_concurrent_streams(max_concurrent_streams)
+        .max_header_list_size(head_size)
+        .serve_connection(TokioIo::new(io), service)
+        .await
+        .map_err(|e| Error::Io(io::Error::other(e)))
 }

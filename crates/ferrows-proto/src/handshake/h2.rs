@@ -289,6 +289,9 @@ mod tests {
         assert_eq!(req.path(), "/chat");
         assert_eq!(req.query_param("room"), Some("1"));
         assert_eq!(req.header("host"), Some("example.com"));
+        assert!(req.is_upgrade(), "routers see it as a WebSocket request");
+        let get = request("GET", None, "/", Some("h"), Headers::new());
+        assert!(!get.is_upgrade());
         assert_eq!(
             req.subprotocols().collect::<Vec<_>>(),
             ["chat", "superchat"]
