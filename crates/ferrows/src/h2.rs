@@ -1042,6 +1042,7 @@ pub(crate) async fn serve_listener_connection<S, F>(
     config: Config,
     max_concurrent_streams: u32,
     wrap: Arc<WrapH2<S>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
     on_request: F,
 ) -> Result<()>
 where
@@ -1091,11 +1092,18 @@ where
             }
         },
     );
-    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .enable_connect_protocol()
         .max_concurrent_streams(max_concurrent_streams)
         .max_header_list_size(head_size)
-        .serve_connection(TokioIo::new(io), service)
-        .await
-        .map_err(|e| Error::Io(io::Error::other(e)))
+        .serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => return r.map_err(|e| Error::Io(io::Error::other(e))),
+        _ = shutdown.wait_for(|down| *down) => {}
+    }
+    // Shutting down: GOAWAY (no new streams); the open WebSockets' handlers
+    // close them with 1001, then the connection ends.
+    conn.as_mut().graceful_shutdown();
+    conn.await.map_err(|e| Error::Io(io::Error::other(e)))
 }

@@ -513,14 +513,21 @@ where
     let (wrap, max_streams) = (h2.wrap.clone(), h2.max_concurrent_streams);
     let config = shared.config.clone();
     let admitting = shared.clone();
-    let served =
-        crate::h2::serve_listener_connection(stream, peer, config, max_streams, wrap, move |hs| {
+    let served = crate::h2::serve_listener_connection(
+        stream,
+        peer,
+        config,
+        max_streams,
+        wrap,
+        shared.shutdown.clone(),
+        move |hs| {
             let shared = admitting.clone();
             admitting
                 .tracker
                 .spawn(async move { admit(hs, peer, &shared).await });
-        })
-        .await;
+        },
+    )
+    .await;
     if let Err(e) = served {
         tracing::info!(peer = %display_addr(peer), error = %e, "HTTP/2 connection ended");
     }
