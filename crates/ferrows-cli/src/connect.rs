@@ -24,6 +24,7 @@ use ferrows::{
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use crate::net::Transport;
 use crate::pcap::{Capture, Recorder};
 use crate::proxy_args::ProxyArgs;
 use crate::trace::{Traced, Tracer, escape_controls, hex, millis, quoted};
@@ -35,6 +36,11 @@ pub(crate) struct ConnectArgs {
     /// https:// are taken as ws:// and wss://).
     #[arg(value_name = "URL")]
     url: String,
+    /// Open the WebSocket over HTTP/2 (RFC 8441 Extended CONNECT; TLS with
+    /// ALPN h2 for wss://, HTTP/2 with prior knowledge for ws://). Fails
+    /// clearly if the server does not offer it.
+    #[arg(long)]
+    http2: bool,
     /// Send each line of input as a binary message (the line's bytes, without
     /// the line ending) instead of text.
     #[arg(long)]
@@ -148,7 +154,7 @@ pub(crate) async fn open_stream(
     }
 }
 
-type Ws = WebSocket<Traced<Capture<MaybeTlsStream<TcpStream>>>>;
+type Ws = WebSocket<Traced<Capture<Transport>>>;
 
 /// Connects as the flags say; the handshake is traced if asked.
 async fn open(args: &ConnectArgs, recorder: Option<&Recorder>) -> anyhow::Result<Ws> {
@@ -164,8 +170,33 @@ async fn open(args: &ConnectArgs, recorder: Option<&Recorder>) -> anyhow::Result
         builder = builder.protocol(p.clone());
     }
     let work = async {
-        let stream = crate::pcap::wrap_client(open_stream(&url, tls, &args.proxy).await?, recorder);
         let tracer = args.trace.then(|| Tracer::new(Role::Client, ""));
+        if args.http2 {
+            if let Some(config) = tls {
+                builder = builder.tls_config(config);
+            }
+            let client = ferrows::h2::H2Client::connect(&builder)
+                .await
+                .with_context(|| format!("HTTP/2 connection to {}", url.host_header()))?;
+            let (stream, negotiated, _response) = client.open_stream(builder).await?;
+            // --pcap records the WebSocket's bytes as a flow of their own.
+            let unspecified = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+            let stream = Capture::wrap(Transport::H2(stream), recorder, unspecified, unspecified);
+            let ws = WebSocket::from_upgraded(
+                Traced::new(stream, tracer),
+                Role::Client,
+                &config,
+                negotiated,
+                bytes::BytesMut::new(),
+            );
+            return anyhow::Ok(ws);
+        }
+        let stream = open_stream(&url, tls, &args.proxy).await?;
+        let tcp = stream.get_ref();
+        let unspecified = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+        let peer = tcp.peer_addr().unwrap_or(unspecified);
+        let local = tcp.local_addr().unwrap_or(unspecified);
+        let stream = Capture::wrap(Transport::Tcp(stream), recorder, peer, local);
         let (ws, _response) = builder.connect_on(Traced::new(stream, tracer)).await?;
         anyhow::Ok(ws)
     };
@@ -396,7 +427,7 @@ enum ReadEnd {
 type Pings = Arc<Mutex<VecDeque<(Bytes, Instant, bool)>>>;
 
 async fn read_loop(
-    mut reader: WsReader<Traced<Capture<MaybeTlsStream<TcpStream>>>>,
+    mut reader: WsReader<Traced<Capture<Transport>>>,
     console: Console,
     json: bool,
     pings: Pings,

@@ -126,6 +126,10 @@ struct CommonArgs {
     /// The PEM private key for --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// With --tls-cert: do not offer HTTP/2 (ALPN h2, WebSockets over
+    /// HTTP/2 by RFC 8441); serve HTTP/1.1 only.
+    #[arg(long)]
+    no_http2: bool,
     /// Accept WebSocket connections only from these Origins (repeatable); others get 403.
     #[arg(long = "origin", value_name = "ORIGIN")]
     origins: Vec<String>,
@@ -298,6 +302,7 @@ fn net_options(common: &CommonArgs, config: Config) -> anyhow::Result<NetOptions
             on_loopback: common.per_ip_limits_on_loopback,
         },
         origins: common.origins.clone(),
+        http2: !common.no_http2,
         trace: common.trace,
         pcap: common.pcap.recorder(false)?,
     })

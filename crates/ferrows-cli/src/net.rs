@@ -18,9 +18,82 @@ use crate::trace::{Traced, Tracer};
 pub(crate) use ferrows::listener::display_addr;
 
 /// The stream every server handles: TCP, or TLS when `--tls-cert` is set,
-/// its plaintext recorded with `--pcap` and traced to stderr with
-/// `--trace` (plain pass-throughs otherwise).
-pub(crate) type Stream = Traced<Capture<MaybeTlsStream<TcpStream>>>;
+/// or one HTTP/2 stream of a TLS connection (RFC 8441), its plaintext
+/// recorded with `--pcap` and traced to stderr with `--trace` (plain
+/// pass-throughs otherwise).
+pub(crate) type Stream = Traced<Capture<Transport>>;
+
+/// A connection of its own (TCP or TLS), or an HTTP/2 stream.
+pub(crate) enum Transport {
+    /// HTTP/1.1 over TCP or TLS.
+    Tcp(MaybeTlsStream<TcpStream>),
+    /// A WebSocket over HTTP/2 (many share one TLS connection).
+    H2(ferrows::h2::H2Stream),
+}
+
+macro_rules! transport {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Transport::Tcp($s) => {
+                let $s = std::pin::Pin::new($s);
+                $e
+            }
+            Transport::H2($s) => {
+                let $s = std::pin::Pin::new($s);
+                $e
+            }
+        }
+    };
+}
+
+impl tokio::io::AsyncRead for Transport {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        transport!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl tokio::io::AsyncWrite for Transport {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        transport!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        transport!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Tcp(s) => s.is_write_vectored(),
+            Transport::H2(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        transport!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        transport!(self, s => s.poll_shutdown(cx))
+    }
+}
 
 /// How long the end of a server waits for `--pcap`'s file to be written.
 const PCAP_FINISH: Duration = Duration::from_secs(2);
@@ -42,6 +115,9 @@ pub(crate) struct NetOptions {
     pub(crate) access: AccessOptions,
     /// Allowed `Origin` values; empty: any.
     pub(crate) origins: Vec<String>,
+    /// With TLS: offer HTTP/2 too (ALPN h2; WebSockets by RFC 8441 reach
+    /// the same handlers). Off with `--no-http2`.
+    pub(crate) http2: bool,
     /// Print each connection's handshake and frames to stderr (`--trace`).
     pub(crate) trace: bool,
     /// Record every connection's plaintext as pcapng (`--pcap`).
@@ -133,16 +209,39 @@ where
     }
     let trace = opts.trace;
     let recorder = opts.pcap.clone();
-    let served = listener
-        .wrap(move |stream, peer| {
-            let tracer = trace
-                .then(|| Tracer::new(ferrows::Role::Server, format!("[{}] ", display_addr(peer))));
-            let local = stream.get_ref().local_addr().unwrap_or(peer);
+    let h2_recorder = opts.pcap.clone();
+    let local_addr = listener.local_addr();
+    let mut listener = listener.wrap(move |stream, peer| {
+        let tracer =
+            trace.then(|| Tracer::new(ferrows::Role::Server, format!("[{}] ", display_addr(peer))));
+        let local = stream.get_ref().local_addr().unwrap_or(peer);
+        Traced::new(
+            Capture::wrap(Transport::Tcp(stream), recorder.as_ref(), peer, local),
+            tracer,
+        )
+    });
+    if opts.http2 {
+        listener = listener.http2(move |stream, peer| {
+            let tracer = trace.then(|| {
+                Tracer::new(
+                    ferrows::Role::Server,
+                    format!("[{} h2] ", display_addr(peer)),
+                )
+            });
+            // --pcap records each HTTP/2 WebSocket as a TCP flow of its
+            // own between the same addresses (its bytes, not HTTP/2's).
             Traced::new(
-                Capture::wrap(stream, recorder.as_ref(), peer, local),
+                Capture::wrap(
+                    Transport::H2(stream),
+                    h2_recorder.as_ref(),
+                    peer,
+                    local_addr,
+                ),
                 tracer,
             )
-        })
+        });
+    }
+    let served = listener
         .serve(move |hs, peer, shutdown| handler(hs, peer, shutdown.into_watch()))
         .await;
     if let Some(recorder) = opts.pcap {

@@ -17,6 +17,8 @@ use sha1::{Digest, Sha1};
 use crate::deflate::{self, DeflateConfig, DeflateParams};
 use crate::extensions::{self, ExtensionOffer};
 
+pub mod h2;
+
 /// The GUID RFC 6455 appends to the key before hashing.
 pub const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -151,7 +153,7 @@ impl Headers {
 pub struct Request {
     method: String,
     target: String,
-    /// Minor HTTP version: 1 for HTTP/1.1.
+    /// Minor HTTP version: 1 for HTTP/1.1; [`h2::VERSION_2`] for HTTP/2.
     version: u8,
     headers: Headers,
 }
@@ -187,12 +189,13 @@ impl Request {
             .map(|(_, v)| v)
     }
 
-    /// `"HTTP/1.1"` or `"HTTP/1.0"`.
+    /// `"HTTP/1.1"`, `"HTTP/1.0"`, or `"HTTP/2"` for an RFC 8441 Extended
+    /// CONNECT ([`h2::request`]).
     pub fn version(&self) -> &'static str {
-        if self.version == 1 {
-            "HTTP/1.1"
-        } else {
-            "HTTP/1.0"
+        match self.version {
+            1 => "HTTP/1.1",
+            h2::VERSION_2 => "HTTP/2",
+            _ => "HTTP/1.0",
         }
     }
 
@@ -208,7 +211,13 @@ impl Request {
 
     /// Whether this asks for a WebSocket upgrade (`Upgrade: websocket`),
     /// valid or not: a router sends plain requests elsewhere.
+    ///
+    /// Over HTTP/2 ([`h2::request`]): whether it is a `CONNECT` with
+    /// `:protocol: websocket` (RFC 8441).
     pub fn is_upgrade(&self) -> bool {
+        if self.version == h2::VERSION_2 {
+            return self.method == "CONNECT" && self.headers.has_token(":protocol", h2::PROTOCOL);
+        }
         self.headers.has_token("upgrade", "websocket")
     }
 
@@ -507,26 +516,7 @@ pub fn accept_response(
     s.push_str("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
     s.push_str(&upgrade.accept);
     s.push_str("\r\n");
-    if let Some(p) = &accepted.protocol {
-        if !req.subprotocols().any(|o| o == p) {
-            return Err(HandshakeError::new(
-                500,
-                "the server chose a subprotocol the client did not offer",
-            ));
-        }
-        s.push_str("Sec-WebSocket-Protocol: ");
-        s.push_str(p);
-        s.push_str("\r\n");
-    }
-    if let Some((_, value)) = &accepted.deflate {
-        s.push_str("Sec-WebSocket-Extensions: ");
-        s.push_str(value);
-        s.push_str("\r\n");
-    }
-    for (name, value) in &accepted.headers {
-        if !is_safe_field(name, value) {
-            return Err(HandshakeError::new(500, "invalid response header"));
-        }
+    for (name, value) in accepted_fields(req, accepted)? {
         s.push_str(name);
         s.push_str(": ");
         s.push_str(value);
@@ -534,6 +524,36 @@ pub fn accept_response(
     }
     s.push_str("\r\n");
     Ok(s.into_bytes())
+}
+
+/// The negotiated fields of an accepting response (subprotocol,
+/// extensions, extra headers), checked: 500 if the subprotocol was not
+/// offered or a header is not a valid field. Shared by HTTP/1.1 and
+/// HTTP/2.
+fn accepted_fields<'a>(
+    req: &Request,
+    accepted: &'a Accepted,
+) -> Result<Vec<(&'a str, &'a str)>, HandshakeError> {
+    let mut fields = Vec::with_capacity(2 + accepted.headers.len());
+    if let Some(p) = &accepted.protocol {
+        if !req.subprotocols().any(|o| o == p) {
+            return Err(HandshakeError::new(
+                500,
+                "the server chose a subprotocol the client did not offer",
+            ));
+        }
+        fields.push(("Sec-WebSocket-Protocol", p.as_str()));
+    }
+    if let Some((_, value)) = &accepted.deflate {
+        fields.push(("Sec-WebSocket-Extensions", value.as_str()));
+    }
+    for (name, value) in &accepted.headers {
+        if !is_safe_field(name, value) {
+            return Err(HandshakeError::new(500, "invalid response header"));
+        }
+        fields.push((name.as_str(), value.as_str()));
+    }
+    Ok(fields)
 }
 
 /// A client's opening request.
@@ -648,10 +668,10 @@ impl Response {
 
     /// Writes the response head in wire form (for traces).
     pub fn to_head_string(&self) -> String {
-        let v = if self.version == 1 {
-            "HTTP/1.1"
-        } else {
-            "HTTP/1.0"
+        let v = match self.version {
+            1 => "HTTP/1.1",
+            h2::VERSION_2 => "HTTP/2",
+            _ => "HTTP/1.0",
         };
         let mut s = format!("{v} {} {}\r\n", self.status, self.reason);
         write_headers(&mut s, &self.headers);
@@ -692,6 +712,15 @@ pub enum ClientHandshakeError {
     UnexpectedProtocol(String),
     /// An extension the client did not offer, or an invalid one.
     UnexpectedExtension(String),
+    /// HTTP/2 (RFC 8441): the server did not answer the Extended CONNECT
+    /// with 200.
+    NotOk {
+        /// The status it sent.
+        status: u16,
+    },
+    /// HTTP/2: the server did not send `SETTINGS_ENABLE_CONNECT_PROTOCOL =
+    /// 1`, so it cannot carry WebSockets over HTTP/2 (RFC 8441 §3).
+    ExtendedConnectDisabled,
 }
 
 impl fmt::Display for ClientHandshakeError {
@@ -729,6 +758,14 @@ impl fmt::Display for ClientHandshakeError {
             ClientHandshakeError::UnexpectedExtension(why) => {
                 write!(f, "unexpected extension: {why}")
             }
+            ClientHandshakeError::NotOk { status } => write!(
+                f,
+                "server answered {status} {}, not 200 (RFC 8441 Extended CONNECT)",
+                reason_phrase(*status)
+            ),
+            ClientHandshakeError::ExtendedConnectDisabled => f.write_str(
+                "the server's HTTP/2 settings lack SETTINGS_ENABLE_CONNECT_PROTOCOL=1: it does not accept WebSockets over HTTP/2 (RFC 8441); connect over HTTP/1.1",
+            ),
         }
     }
 }
@@ -843,8 +880,17 @@ pub fn validate_response(
             });
         }
     }
+    check_agreement(&resp.headers, request, deflate)
+}
 
-    let protocols: Vec<&str> = resp.headers.tokens("sec-websocket-protocol").collect();
+/// The subprotocol and extensions of a response: only offered ones, each
+/// at most once (shared by HTTP/1.1 and HTTP/2).
+fn check_agreement(
+    headers: &Headers,
+    request: &ClientRequest,
+    deflate: Option<&DeflateConfig>,
+) -> Result<Negotiated, ClientHandshakeError> {
+    let protocols: Vec<&str> = headers.tokens("sec-websocket-protocol").collect();
     let protocol = match protocols.as_slice() {
         [] => None,
         [p] if request.protocols.iter().any(|o| o == p) => Some((*p).to_owned()),
@@ -861,7 +907,7 @@ pub fn validate_response(
     };
 
     let mut params = None;
-    for value in resp.headers.get_all("sec-websocket-extensions") {
+    for value in headers.get_all("sec-websocket-extensions") {
         let list = extensions::parse(value)
             .map_err(|e| ClientHandshakeError::UnexpectedExtension(e.to_string()))?;
         for ext in list {

@@ -248,6 +248,18 @@ impl ClientBuilder {
         self
     }
 
+    /// The connection settings (for `crate::h2`).
+    #[cfg(feature = "http2")]
+    pub(crate) fn config_ref(&self) -> &Config {
+        &self.config
+    }
+
+    /// The TLS configuration set, if any (for `crate::h2`).
+    #[cfg(feature = "http2")]
+    pub(crate) fn tls_ref(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        self.tls.as_ref()
+    }
+
     /// The parsed URL.
     ///
     /// # Errors

@@ -86,6 +86,8 @@ mod client;
 mod config;
 mod error;
 pub mod event_client;
+#[cfg(feature = "http2")]
+pub mod h2;
 pub mod keepalive;
 pub mod listener;
 mod message;

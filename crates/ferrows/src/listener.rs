@@ -130,8 +130,18 @@ pub struct Listener<S = Accepted> {
     origins: Vec<String>,
     grace: Duration,
     wrap: Arc<Wrap<S>>,
+    #[cfg(feature = "http2")]
+    h2: Option<H2Setup<S>>,
     shutdown_tx: watch::Sender<bool>,
     handle: ListenerHandle,
+}
+
+/// HTTP/2 on the listener: the wrap hook for its streams and the stream
+/// limit.
+#[cfg(feature = "http2")]
+struct H2Setup<S> {
+    wrap: Arc<crate::h2::WrapH2<S>>,
+    max_concurrent_streams: u32,
 }
 
 impl<S> fmt::Debug for Listener<S> {
@@ -179,6 +189,8 @@ impl Listener {
             origins: Vec::new(),
             grace: DEFAULT_SHUTDOWN_GRACE,
             wrap: Arc::new(|stream, _| stream),
+            #[cfg(feature = "http2")]
+            h2: None,
             shutdown_tx: watch::channel(false).0,
             handle: ListenerHandle {
                 state: Arc::new(State {
@@ -347,9 +359,43 @@ impl<S> Listener<S> {
             origins: self.origins,
             grace: self.grace,
             wrap: Arc::new(wrap),
+            #[cfg(feature = "http2")]
+            h2: None,
             shutdown_tx: self.shutdown_tx,
             handle: self.handle,
         }
+    }
+
+    /// Serves WebSockets over HTTP/2 too (RFC 8441) on a TLS listener:
+    /// ALPN offers `h2` before `http/1.1`, and each request of an HTTP/2
+    /// connection reaches the handler as a [`Handshake`] like an HTTP/1.1
+    /// one (same Origin check, connection cap — one place per WebSocket —,
+    /// handshake deadline and header limits; [`Handshake::is_http2`] tells
+    /// them apart), its stream made into `S` by `wrap` (call this after
+    /// [`Listener::wrap`], which resets it). At most
+    /// [`crate::h2::DEFAULT_MAX_CONCURRENT_STREAMS`] streams per connection
+    /// (see [`Listener::http2_max_concurrent_streams`]). Without TLS it has
+    /// no effect.
+    #[cfg(feature = "http2")]
+    pub fn http2<F>(mut self, wrap: F) -> Listener<S>
+    where
+        F: Fn(crate::h2::H2Stream, SocketAddr) -> S + Send + Sync + 'static,
+    {
+        self.h2 = Some(H2Setup {
+            wrap: Arc::new(wrap),
+            max_concurrent_streams: crate::h2::DEFAULT_MAX_CONCURRENT_STREAMS,
+        });
+        self
+    }
+
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` of the HTTP/2 connections (after
+    /// [`Listener::http2`]).
+    #[cfg(feature = "http2")]
+    pub fn http2_max_concurrent_streams(mut self, max: u32) -> Listener<S> {
+        if let Some(h2) = &mut self.h2 {
+            h2.max_concurrent_streams = max;
+        }
+        self
     }
 }
 
@@ -407,10 +453,17 @@ where
             origins,
             grace,
             wrap,
+            #[cfg(feature = "http2")]
+            h2,
             shutdown_tx,
             handle,
         } = self;
         let access = Access::new(access);
+        #[cfg(feature = "http2")]
+        let tls = match (&h2, tls) {
+            (Some(_), Some(tls)) => Some(crate::h2::server_tls(&tls)),
+            (_, tls) => tls,
+        };
         let state = handle.state.clone();
         state.set_max_connections(max_connections);
         let tracker = TaskTracker::new();
@@ -420,6 +473,8 @@ where
             tls: tls.map(tokio_rustls::TlsAcceptor::from),
             origins,
             wrap,
+            #[cfg(feature = "http2")]
+            h2,
             handler,
             state: state.clone(),
             shutdown: shutdown_tx.subscribe(),
@@ -492,6 +547,8 @@ struct Shared<S, H> {
     tls: Option<tokio_rustls::TlsAcceptor>,
     origins: Vec<String>,
     wrap: Arc<Wrap<S>>,
+    #[cfg(feature = "http2")]
+    h2: Option<H2Setup<S>>,
     handler: H,
     state: Arc<State>,
     shutdown: watch::Receiver<bool>,
@@ -635,7 +692,19 @@ async fn handshake<S, H, Fut>(
             return;
         }
         head = head => match head {
-            Ok(Some(hs)) => hs,
+            Ok(Some(Head::Http1(hs))) => hs,
+            #[cfg(feature = "http2")]
+            Ok(Some(Head::H2(stream))) => {
+                drop(ticket);
+                if over_rate.is_some() {
+                    // No stream to answer 429 on yet: the connection is
+                    // closed, as the rate's log line says.
+                    shared.access.refusals.refused(Refusal::Rate, peer, &NoDetail);
+                    return;
+                }
+                serve_h2(stream, peer, shared).await;
+                return;
+            }
             Ok(None) => return,
             Err(_) => {
                 let timeout = Detail(format!("{:?}", shared.config.handshake_timeout));
@@ -646,17 +715,63 @@ async fn handshake<S, H, Fut>(
     };
     drop(ticket);
     let hs = hs.with_peer_addr(peer);
-    let refusals = &shared.access.refusals;
     if let Some(wait) = over_rate {
-        refusals.refused(Refusal::Rate, peer, &NoDetail);
+        shared.access.refusals.refused(Refusal::Rate, peer, &NoDetail);
         let reject = crate::Reject::new(429, "too many connections from this address")
             .with_header("Retry-After", retry_after_secs(wait).to_string());
         let _ = hs.reject_with(&reject).await;
         return;
     }
+    admit(hs, peer, &shared).await;
+}
+
+/// An HTTP/2 connection: every request is admitted like an HTTP/1.1 one.
+#[cfg(feature = "http2")]
+async fn serve_h2<S, H, Fut>(stream: Accepted, peer: SocketAddr, shared: Arc<Shared<S, H>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Handshake<S>, SocketAddr, Shutdown) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(h2) = &shared.h2 else {
+        return;
+    };
+    let (wrap, max_streams) = (h2.wrap.clone(), h2.max_concurrent_streams);
+    let config = shared.config.clone();
+    let admitting = shared.clone();
+    let served = crate::h2::serve_listener_connection(
+        stream,
+        peer,
+        config,
+        max_streams,
+        wrap,
+        shared.shutdown.clone(),
+        move |hs| {
+            let shared = admitting.clone();
+            admitting
+                .tracker
+                .spawn(async move { admit(hs, peer, &shared).await });
+        },
+    )
+    .await;
+    if let Err(e) = served {
+        tracing::info!(peer = %display_addr(peer), error = %e, "HTTP/2 connection ended");
+    }
+}
+
+/// The checks after the request head, for an upgrade: the token, the
+/// Origin, the per-address cap and the connection cap; then the handler in
+/// a task of its own.
+async fn admit<S, H, Fut>(hs: Handshake<S>, peer: SocketAddr, shared: &Shared<S, H>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Handshake<S>, SocketAddr, Shutdown) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let refusals = &shared.access.refusals;
     let mut permit = None;
     let mut ip_slot = None;
-    if hs.request().is_upgrade() {
+    if is_websocket_request(&hs) {
         if !shared.access.authorized(hs.request()) {
             refusals.refused(Refusal::Unauthorized, peer, &NoDetail);
             let reject = crate::Reject::new(401, "a token is required")
@@ -709,13 +824,32 @@ async fn handshake<S, H, Fut>(
     });
 }
 
+/// Whether the request asks for a WebSocket: `Upgrade: websocket`, or an
+/// HTTP/2 `CONNECT`.
+fn is_websocket_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    hs: &Handshake<S>,
+) -> bool {
+    #[cfg(feature = "http2")]
+    if hs.is_http2() {
+        return hs.request().method() == "CONNECT";
+    }
+    hs.request().is_upgrade()
+}
+
+/// What a new connection starts with (short-lived: the size difference
+/// of the variants does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Head<S> {
+    /// An HTTP/1.1 request head.
+    Http1(Handshake<S>),
+    /// TLS that agreed on HTTP/2.
+    #[cfg(feature = "http2")]
+    H2(Accepted),
+}
+
 /// TLS (if configured), the wrap hook, then the request head; `None` if
 /// the connection failed (logged).
-async fn read_head<S, H>(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    shared: &Shared<S, H>,
-) -> Option<Handshake<S>>
+async fn read_head<S, H>(tcp: TcpStream, peer: SocketAddr, shared: &Shared<S, H>) -> Option<Head<S>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -735,9 +869,13 @@ where
     };
     #[cfg(not(feature = "tls"))]
     let stream = MaybeTlsStream::Plain(tcp);
+    #[cfg(feature = "http2")]
+    if shared.h2.is_some() && crate::h2::is_h2(&stream) {
+        return Some(Head::H2(stream));
+    }
     let stream = (shared.wrap)(stream, peer);
     match Handshake::read(stream, shared.config.clone()).await {
-        Ok(hs) => Some(hs),
+        Ok(hs) => Some(Head::Http1(hs)),
         Err(Error::HandshakeTimeout) => {
             shared
                 .access

@@ -20,6 +20,12 @@ use crate::websocket::{Negotiated, WebSocket};
 /// status, a short reason (the response body) and optional headers.
 pub type Reject = HandshakeError;
 
+/// A page for a request that came over HTTP/2.
+#[cfg(feature = "http2")]
+type H2Page = http::Response<bytes::Bytes>;
+#[cfg(not(feature = "http2"))]
+type H2Page = ();
+
 /// How to accept a connection: the subprotocol and extra response headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Accept {
@@ -44,6 +50,12 @@ impl Accept {
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Accept {
         self.headers.push((name.into(), value.into()));
         self
+    }
+
+    /// The chosen subprotocol and the extra headers.
+    #[cfg(feature = "http2")]
+    pub(crate) fn into_parts(self) -> (Option<String>, Vec<(String, String)>) {
+        (self.protocol, self.headers)
     }
 }
 
@@ -81,6 +93,9 @@ pub struct Handshake<S> {
     leftover: BytesMut,
     config: Config,
     peer_addr: Option<SocketAddr>,
+    /// Set for a request that came on an HTTP/2 stream: answers go there.
+    #[cfg(feature = "http2")]
+    h2: Option<crate::h2::Reply>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
@@ -131,6 +146,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
                 leftover,
                 config,
                 peer_addr: None,
+                #[cfg(feature = "http2")]
+                h2: None,
             }),
             Ok(Err(Error::Handshake(e))) => {
                 // Best effort: the client may already be gone.
@@ -185,7 +202,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
         Box::pin(self.accept_with_inner(accept))
     }
 
+    /// A request that came on an HTTP/2 stream (RFC 8441): `io` is the
+    /// stream (usable once the answer is sent), `reply` where answers go.
+    #[cfg(feature = "http2")]
+    pub(crate) fn from_h2(
+        io: S,
+        request: Request,
+        config: Config,
+        peer_addr: SocketAddr,
+        reply: crate::h2::Reply,
+    ) -> Handshake<S> {
+        Handshake {
+            io,
+            request,
+            leftover: BytesMut::new(),
+            config,
+            peer_addr: Some(peer_addr),
+            h2: Some(reply),
+        }
+    }
+
+    /// Whether the request came over HTTP/2.
+    #[cfg(feature = "http2")]
+    pub fn is_http2(&self) -> bool {
+        self.h2.is_some()
+    }
+
     async fn accept_with_inner(mut self, accept: Accept) -> Result<WebSocket<S>> {
+        #[cfg(feature = "http2")]
+        if let Some(reply) = self.h2.take() {
+            let negotiated = reply.accept(&self.request, accept, &self.config)?;
+            return Ok(WebSocket::from_upgraded(
+                self.io,
+                Role::Server,
+                &self.config,
+                negotiated,
+                self.leftover,
+            ));
+        }
         let upgrade = match validate_request(&self.request) {
             Ok(u) => u,
             Err(e) => {
@@ -237,6 +291,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     }
 
     async fn send_refusal(mut self, e: HandshakeError) -> Result<()> {
+        #[cfg(feature = "http2")]
+        if let Some(reply) = self.h2.take() {
+            reply.refuse(&e);
+            return Ok(());
+        }
         self.write_within_timeout(&e.to_response()).await
     }
 
@@ -262,11 +321,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
         content_type: &str,
         body: &[u8],
     ) -> impl Future<Output = Result<()>> {
+        #[cfg(feature = "http2")]
+        let page = self.h2.is_some().then(|| {
+            let body = if self.request.method() == "HEAD" {
+                &[][..]
+            } else {
+                body
+            };
+            crate::h2::page(status, headers, content_type, body)
+        });
+        #[cfg(not(feature = "http2"))]
+        let page: Option<H2Page> = None;
         let response = handshake::http_response(status, headers, content_type, body);
-        Box::pin(self.send_response(response))
+        Box::pin(self.send_response(response, page))
     }
 
-    async fn send_response(mut self, mut response: Vec<u8>) -> Result<()> {
+    async fn send_response(mut self, mut response: Vec<u8>, page: Option<H2Page>) -> Result<()> {
+        #[cfg(feature = "http2")]
+        if let (Some(reply), Some(page)) = (self.h2.take(), page) {
+            reply.send(page);
+            return Ok(());
+        }
+        #[cfg(not(feature = "http2"))]
+        let _ = page;
         if self.request.method() == "HEAD" {
             let head_len = response
                 .windows(4)
@@ -361,6 +438,16 @@ where
     F: FnOnce(&Request) -> std::result::Result<Accept, Reject>,
 {
     let mut hs = Handshake::read(io, config).await?;
+    #[cfg(feature = "http2")]
+    if hs.h2.is_some() {
+        return match callback(&hs.request) {
+            Ok(accept) => hs.accept_with_inner(accept).await,
+            Err(reject) => {
+                hs.send_refusal(reject.clone()).await?;
+                Err(Error::Handshake(reject))
+            }
+        };
+    }
     let upgrade = match validate_request(&hs.request) {
         Ok(u) => u,
         Err(e) => {
