@@ -427,6 +427,9 @@ async fn handshake<S, H, Fut>(
             Ok(Some(hs)) => hs,
             Ok(None) => return,
             Err(_) => {
+                if let Some(m) = &shared.config.metrics {
+                    m.handshake_timeout();
+                }
                 tracing::info!(peer = %display_addr(peer), timeout = ?shared.config.handshake_timeout, "handshake timed out: closed");
                 return;
             }
