@@ -92,7 +92,7 @@ fn single(
 }
 
 /// A counter with one label.
-fn family<'a>(
+fn family(
     e: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -256,7 +256,7 @@ fn backplane(e: &mut DescriptorEncoder, cluster: &Cluster) -> std::fmt::Result {
         "ferrows_backplane_outbox_depth",
         "Entries waiting to be published to the backplane.",
         false,
-        s.outbox_depth as u64,
+        s.outbox_depth,
     )?;
     for (name, help, value) in [
         ("published", "Entries published.", s.published),
