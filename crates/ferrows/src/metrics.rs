@@ -127,7 +127,7 @@ const OPS: usize = 5;
 const TEXT: usize = 0;
 const BINARY: usize = 1;
 const PING: usize = 2;
-pub(crate) const PONG: usize = 3;
+const PONG: usize = 3;
 const CLOSE: usize = 4;
 
 /// The close code a close frame carries, 1005 ("no status received", RFC
@@ -136,9 +136,56 @@ fn close_code(frame: Option<&CloseFrame>) -> u16 {
     frame.map_or(1005, |f| u16::from(f.code))
 }
 
-/// The opcode slot and payload length of a message.
-fn slot(msg: &Message) -> (usize, usize) {
-    let op = match msg {
+/// What one message adds to a direction's counts.
+#[derive(Clone, Copy)]
+pub(crate) struct Counted {
+    op: usize,
+    len: usize,
+    /// A whole message (not a fragment before the last).
+    whole: bool,
+    /// A close frame's code.
+    close: Option<u16>,
+}
+
+impl Counted {
+    /// The counts of `msg`.
+    #[inline]
+    pub(crate) fn of(msg: &Message) -> Counted {
+        if let Message::Close(frame) = msg {
+            return Counted::close(frame.as_ref());
+        }
+        Counted {
+            op: slot(msg),
+            len: msg.len(),
+            whole: !matches!(msg, Message::Fragment(f) if !f.fin),
+            close: None,
+        }
+    }
+
+    /// The counts of a close frame.
+    pub(crate) fn close(frame: Option<&CloseFrame>) -> Counted {
+        Counted {
+            op: CLOSE,
+            len: frame.map_or(0, |f| f.reason_bytes().len()),
+            whole: true,
+            close: Some(close_code(frame)),
+        }
+    }
+
+    /// The counts of an automatic pong.
+    pub(crate) fn of_pong(len: usize) -> Counted {
+        Counted {
+            op: PONG,
+            len,
+            whole: true,
+            close: None,
+        }
+    }
+}
+
+/// The opcode slot of a message.
+fn slot(msg: &Message) -> usize {
+    match msg {
         Message::Text(_) => TEXT,
         Message::Binary(_) => BINARY,
         Message::Ping(_) => PING,
@@ -151,8 +198,7 @@ fn slot(msg: &Message) -> (usize, usize) {
                 TEXT
             }
         }
-    };
-    (op, msg.len())
+    }
 }
 
 impl Metrics {
@@ -355,29 +401,21 @@ impl Local {
         })
     }
 
-    /// Counts a message (or control frame).
+    /// Counts a message (or control frame); a close code at once (once a
+    /// connection).
     #[inline]
-    pub(crate) fn message(&mut self, msg: &Message) {
-        let (op, len) = slot(msg);
-        self.add(op, len, !matches!(msg, Message::Fragment(f) if !f.fin));
-        if let Message::Close(frame) = msg {
-            self.close_code(frame.as_ref());
-        }
-    }
-
-    /// Counts a message by opcode slot and payload length.
-    #[inline]
-    pub(crate) fn add(&mut self, op: usize, len: usize, whole: bool) {
-        if let Some([m, b]) = self.counts.get_mut(op) {
-            *m += u64::from(whole);
-            *b += len as u64;
+    pub(crate) fn add(&mut self, c: Counted) {
+        if let Some([m, b]) = self.counts.get_mut(c.op) {
+            *m += u64::from(c.whole);
+            *b += c.len as u64;
             self.dirty = true;
         }
+        if let Some(code) = c.close {
+            self.close_code(code);
+        }
     }
 
-    /// Counts a close code of this direction (at once: once a connection).
-    pub(crate) fn close_code(&self, frame: Option<&CloseFrame>) {
-        let code = close_code(frame);
+    fn close_code(&self, code: u16) {
         match self.direction {
             Direction::Received => self.metrics.inner.close_received.add(code),
             Direction::Sent => self.metrics.inner.close_sent.add(code),

@@ -17,7 +17,7 @@ use tokio::time::{Instant, Sleep};
 use crate::broadcast::Prepared;
 use crate::error::Error;
 use crate::message::Message;
-use crate::metrics::{Local, PONG};
+use crate::metrics::{Counted, Local};
 
 /// Reads start at this size...
 const MIN_READ: usize = 8 * 1024;
@@ -101,14 +101,9 @@ impl WriteCore {
         if self.broken || self.ended {
             return Err(Error::Closed);
         }
-        if let Some(stats) = &mut self.stats {
-            // Counted before encoding: a refused message (only a control
-            // frame too long, or anything after our close) is rare, and a
-            // close frame counts only once it is queued, below.
-            if !matches!(msg, Message::Close(_)) {
-                stats.message(&msg);
-            }
-        }
+        // What to count, taken before the message is consumed and counted
+        // once it is queued.
+        let counted = self.stats.as_ref().map(|_| Counted::of(&msg));
         let q = &mut self.queue;
         match msg {
             Message::Text(t) => self
@@ -121,10 +116,10 @@ impl WriteCore {
             Message::Close(frame) => {
                 self.encoder.close(frame.as_ref(), q)?;
                 self.close_sent_at = Some(Instant::now());
-                if let Some(stats) = &mut self.stats {
-                    stats.message(&Message::Close(frame));
-                }
             }
+        }
+        if let (Some(stats), Some(counted)) = (&mut self.stats, counted) {
+            stats.add(counted);
         }
         Ok(())
     }
@@ -146,7 +141,7 @@ impl WriteCore {
                     self.close_sent_at = Some(Instant::now());
                 }
                 if let Some(stats) = &mut self.stats {
-                    stats.message(prepared.message());
+                    stats.add(Counted::of(prepared.message()));
                 }
                 return Ok(());
             }
@@ -159,7 +154,7 @@ impl WriteCore {
         if !self.encoder.is_closed() && self.encoder.close(frame, &mut self.queue).is_ok() {
             self.close_sent_at = Some(Instant::now());
             if let Some(stats) = &mut self.stats {
-                stats.message(&Message::Close(frame.cloned()));
+                stats.add(Counted::close(frame));
             }
         }
     }
@@ -507,7 +502,7 @@ impl ReadCore {
                                 // Fails only after our close: then no pong is due.
                                 if w.encoder.pong(&p, &mut w.queue).is_ok() {
                                     if let Some(stats) = &mut w.stats {
-                                        stats.add(PONG, p.len(), true);
+                                        stats.add(Counted::of_pong(p.len()));
                                     }
                                 }
                             });
@@ -517,7 +512,7 @@ impl ReadCore {
                     Incoming::Pong(p) => Message::Pong(p),
                     Incoming::Close(frame) => {
                         if let Some(stats) = &mut self.stats {
-                            stats.message(&Message::Close(frame.clone()));
+                            stats.add(Counted::close(frame.as_ref()));
                         }
                         // Echo the peer's code (RFC 6455 §5.5.1); an empty close
                         // gets an empty close.
@@ -529,7 +524,7 @@ impl ReadCore {
                     }
                 };
                 if let Some(stats) = &mut self.stats {
-                    stats.message(&msg);
+                    stats.add(Counted::of(&msg));
                 }
                 Decoded::Deliver(msg)
             }
