@@ -33,6 +33,7 @@ use tokio::task::JoinHandle;
 use crate::cluster::{self, Cluster, RedisUrl, Refusal};
 use crate::duration::{self, Bare};
 use crate::heartbeat::{self, Liveness, OnBeat, close_for_shutdown};
+use crate::metrics::Exporter;
 use crate::net::{self, Io, Stream, display_addr};
 use crate::{CommonArgs, pages};
 
@@ -241,6 +242,14 @@ pub(crate) struct Room {
     _notices: Option<Arc<AbortOnDrop>>,
 }
 
+/// A room's hub, counting its slow-client drops for `--metrics`.
+fn new_hub(queue: usize, exporter: Option<&Arc<Exporter>>) -> Hub {
+    match exporter {
+        Some(e) => Hub::with_metrics(queue, e.lib.clone()),
+        None => Hub::new(queue),
+    }
+}
+
 struct AbortOnDrop(JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -252,8 +261,8 @@ impl Drop for AbortOnDrop {
 impl Room {
     /// Opens a room whose clients queue at most `queue` messages each, and
     /// starts its tick (on the current tokio runtime).
-    pub(crate) fn start(tick: Tick, queue: usize) -> Room {
-        let hub = Hub::new(queue);
+    pub(crate) fn start(tick: Tick, queue: usize, exporter: Option<&Arc<Exporter>>) -> Room {
+        let hub = new_hub(queue, exporter);
         let ticker = tick
             .0
             .map(|every| Arc::new(AbortOnDrop(tokio::spawn(tick_loop(hub.clone(), every)))));
@@ -275,6 +284,7 @@ impl Room {
         args: &RoomArgs,
         port: u16,
         max_message: usize,
+        exporter: Option<&Arc<Exporter>>,
     ) -> anyhow::Result<Room> {
         let queue = usize::try_from(args.queue).unwrap_or(usize::MAX);
         let Some(url) = &args.redis else {
@@ -282,7 +292,7 @@ impl Room {
             return Ok(Room {
                 rate: args.rate,
                 burst: args.burst,
-                ..Room::start(args.tick, queue)
+                ..Room::start(args.tick, queue, exporter)
             });
         };
         let node = args
@@ -298,7 +308,7 @@ impl Room {
             }
             .into());
         }
-        let hub = Hub::new(queue);
+        let hub = new_hub(queue, exporter);
         let retain = args
             .redis_retain
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
@@ -316,6 +326,9 @@ impl Room {
         )
         .await?;
         let cluster = joined.cluster;
+        if let Some(exporter) = exporter {
+            exporter.set_cluster(cluster.clone());
+        }
         tracing::info!(
             tick = ?args.tick.0, queue, rate = args.rate, burst = args.burst,
             room = %cluster.room, backplane = %cluster.server(), node = %cluster.node,
@@ -607,7 +620,7 @@ pub(crate) async fn serve(args: ChatArgs) -> anyhow::Result<ExitCode> {
     // The room first (with --redis: Redis reached, the tick agreed): the
     // port is bound but nothing is accepted until the room is open.
     let max_message = usize::try_from(args.session.max_message_size).unwrap_or(usize::MAX);
-    let room = Room::open(&args.room, local.port(), max_message).await?;
+    let room = Room::open(&args.room, local.port(), max_message, opts.exporter()).await?;
     tracing::info!("listening on {}", display_addr(local));
     // The heartbeat channel also carries the shutdown to every connection.
     let (stop_tx, _) = watch::channel(false);
@@ -713,7 +726,7 @@ mod tests {
             let text = p.message().as_text().unwrap();
             text.strip_prefix("tick:").unwrap().parse().unwrap()
         }
-        let room = Room::start(ms(20), 64);
+        let room = Room::start(ms(20), 64, None);
         let mut a = room.hub.join();
         // The tick task has not run yet (current-thread runtime): a sees
         // the count from its start.

@@ -210,6 +210,11 @@ pub(crate) async fn join(
 }
 
 impl Cluster {
+    /// Whether the relay stopped for good.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
     /// The redacted server, for the startup line.
     pub(crate) fn server(&self) -> &str {
         &self.server

@@ -114,12 +114,15 @@ pub(crate) async fn serve(args: HubArgs) -> anyhow::Result<ExitCode> {
     let opts = crate::net_options(&args.common, config)?;
     // The output first: a bad GPIO setup fails before anyone can connect.
     let (gamepad, mut running) = gamepad::start(&args.gamepad, opts.access.token.is_some())?;
+    if let Some(exporter) = opts.exporter() {
+        exporter.set_gamepad();
+    }
     let scheme = if opts.tls.is_some() { "https" } else { "http" };
     let listener = net::bind(args.bind, args.port)?;
     let local = listener.local_addr().context("local address")?;
     // The chat room before anyone can connect (with --redis: Redis
     // reached, the tick agreed).
-    let room = Room::open(&args.room, local.port(), max_message).await?;
+    let room = Room::open(&args.room, local.port(), max_message, opts.exporter()).await?;
     tracing::info!("listening on {}", display_addr(local));
     let host = if args.bind.is_unspecified() {
         format!("localhost:{}", local.port())

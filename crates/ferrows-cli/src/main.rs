@@ -12,6 +12,7 @@ mod gamepad;
 mod heartbeat;
 mod hub;
 mod memtrim;
+mod metrics;
 mod net;
 mod pages;
 mod pcap;
@@ -177,6 +178,10 @@ struct CommonArgs {
     trace: bool,
     #[command(flatten)]
     pcap: pcap::PcapArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics, on a listener of
+    /// its own (off by default; keep it on loopback, e.g. 127.0.0.1:9100).
+    #[arg(long, value_name = "ADDR", env = "FERROWS_METRICS")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -289,8 +294,15 @@ fn net_options(common: &CommonArgs, config: Config) -> anyhow::Result<NetOptions
         _ => None,
     };
     let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let metrics = common
+        .metrics
+        .map(|addr| (addr, std::sync::Arc::new(metrics::Exporter::default())));
+    if let Some((_, exporter)) = &metrics {
+        config = config.metrics(exporter.lib.clone());
+    }
     Ok(NetOptions {
         config,
+        metrics,
         tls,
         max_connections: to_usize(common.max_connections),
         max_pending_handshakes: to_usize(common.max_pending_handshakes),

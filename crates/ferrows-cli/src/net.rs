@@ -8,10 +8,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use ferrows::{Config, Handshake, Listener, MaybeTlsStream, Message, WebSocket};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::metrics::Exporter;
 use crate::pcap::{Capture, Recorder};
 use crate::trace::{Traced, Tracer};
 
@@ -122,6 +124,15 @@ pub(crate) struct NetOptions {
     pub(crate) trace: bool,
     /// Record every connection's plaintext as pcapng (`--pcap`).
     pub(crate) pcap: Option<Recorder>,
+    /// Serve metrics on this address (`--metrics`).
+    pub(crate) metrics: Option<(SocketAddr, Arc<Exporter>)>,
+}
+
+impl NetOptions {
+    /// The counters of `--metrics`, if it is on.
+    pub(crate) fn exporter(&self) -> Option<&Arc<Exporter>> {
+        self.metrics.as_ref().map(|(_, e)| e)
+    }
 }
 
 /// Access control: `--token`, `--max-connections-per-ip`,
@@ -191,6 +202,14 @@ where
     H: Fn(Handshake<Stream>, SocketAddr, watch::Receiver<bool>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    if let Some((addr, exporter)) = &opts.metrics {
+        let tcp = bind(addr.ip(), addr.port()).context("--metrics")?;
+        tokio::spawn(crate::metrics::serve(
+            tcp,
+            exporter.clone(),
+            shutdown_tx.subscribe(),
+        ));
+    }
     let mut listener = Listener::from_tcp(listener)?
         .config(opts.config)
         .max_connections(opts.max_connections)

@@ -139,6 +139,12 @@ impl Decoder {
         &self.limits
     }
 
+    /// Bytes this decoder inflated: `(compressed, uncompressed)`; zero
+    /// without permessage-deflate.
+    pub fn inflate_totals(&self) -> (u64, u64) {
+        self.inflater.as_ref().map_or((0, 0), |d| d.totals())
+    }
+
     /// Whether the peer's close frame was received.
     pub fn is_closed(&self) -> bool {
         self.closed

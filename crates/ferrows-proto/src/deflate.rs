@@ -904,6 +904,9 @@ pub struct Compressor {
     no_context_takeover: bool,
     /// A fragmented message is under way.
     in_message: bool,
+    /// Bytes given to and produced by this compressor, for
+    /// [`Compressor::totals`].
+    totals: (u64, u64),
 }
 
 impl Compressor {
@@ -923,7 +926,14 @@ impl Compressor {
             level: level.min(9),
             no_context_takeover,
             in_message: false,
+            totals: (0, 0),
         }
+    }
+
+    /// Bytes compressed so far: `(uncompressed in, compressed out)`, the
+    /// output as sent (the stripped flush tail not counted).
+    pub fn totals(&self) -> (u64, u64) {
+        self.totals
     }
 
     /// The key of the messages this compressor makes, if they can be shared
@@ -984,6 +994,8 @@ impl Compressor {
                 }
             }
         }
+        self.totals.0 += input.len() as u64;
+        self.totals.1 += dst.len().saturating_sub(start) as u64;
     }
 
     /// Runs `input` through deflate with a sync flush, appending to `dst`.
@@ -1047,6 +1059,8 @@ pub struct Decompressor {
     no_context_takeover: bool,
     /// No input consumed since the DEFLATE stream (re)started.
     stream_start: bool,
+    /// Bytes inflated, for [`Decompressor::totals`].
+    totals: (u64, u64),
 }
 
 impl Decompressor {
@@ -1066,7 +1080,14 @@ impl Decompressor {
             window_bits: clamp_bits(window_bits),
             no_context_takeover,
             stream_start: true,
+            totals: (0, 0),
         }
+    }
+
+    /// Bytes decompressed so far: `(compressed in, uncompressed out)`,
+    /// counting only calls that succeeded.
+    pub fn totals(&self) -> (u64, u64) {
+        self.totals
     }
 
     /// The negotiated window of the peer's direction (`8..=15`).
@@ -1122,7 +1143,11 @@ impl Decompressor {
             result = inflate_into(inner, &FLUSH_TAIL, dst, limit, stream_start);
         }
         let message_over = match result {
-            Ok(()) => fin,
+            Ok(()) => {
+                self.totals.0 += input.len() as u64;
+                self.totals.1 += dst.len().saturating_sub(start) as u64;
+                fin
+            }
             Err(_) => {
                 dst.truncate(start);
                 true

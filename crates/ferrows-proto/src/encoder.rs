@@ -122,6 +122,15 @@ impl Encoder {
         self.deflate.is_some()
     }
 
+    /// Bytes this encoder compressed: `(uncompressed, compressed)`; zero
+    /// without permessage-deflate. Frames shared through
+    /// [`Encoder::shared_frame`] were compressed elsewhere and do not count.
+    pub fn deflate_totals(&self) -> (u64, u64) {
+        self.deflate
+            .as_ref()
+            .map_or((0, 0), |d| d.compressor.totals())
+    }
+
     /// Encodes a whole text message.
     pub fn text(&mut self, text: &str, dst: &mut WriteQueue) -> Result<(), EncodeError> {
         self.message(OpCode::Text, text.as_bytes(), dst)

@@ -1,6 +1,7 @@
 //! Sending one message to many connections: [`Prepared`] messages encoded
 //! once, and a [`Hub`] of members with bounded queues.
 
+use crate::metrics::Metrics;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -180,6 +181,8 @@ struct HubInner {
     members: Mutex<HashMap<u64, Slot>>,
     next_id: AtomicU64,
     capacity: usize,
+    /// Where members dropped as too slow are counted.
+    metrics: Option<Metrics>,
 }
 
 struct Slot {
@@ -248,12 +251,30 @@ impl Hub {
     /// A hub whose members queue at most `capacity` messages each
     /// (at least 1).
     pub fn new(capacity: usize) -> Hub {
+        Hub::build(capacity, None)
+    }
+
+    /// A hub like [`Hub::new`] that counts the members it drops as too
+    /// slow in `metrics` ([`Snapshot::queue_drops`](crate::metrics::Snapshot::queue_drops)).
+    pub fn with_metrics(capacity: usize, metrics: Metrics) -> Hub {
+        Hub::build(capacity, Some(metrics))
+    }
+
+    fn build(capacity: usize, metrics: Option<Metrics>) -> Hub {
         Hub {
             inner: Arc::new(HubInner {
                 members: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 capacity: capacity.max(1),
+                metrics,
             }),
+        }
+    }
+
+    /// Counts a member dropped as too slow.
+    fn dropped(&self) {
+        if let Some(m) = &self.inner.metrics {
+            m.queue_drop();
         }
     }
 
@@ -297,6 +318,7 @@ impl Hub {
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     slot.lagged.set();
+                    self.dropped();
                     false
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -317,6 +339,7 @@ impl Hub {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 slot.lagged.set();
+                self.dropped();
                 members.remove(&id);
                 Err(SendError::Lagged)
             }

@@ -371,7 +371,10 @@ impl Server {
         let hub = handle
             .inner
             .hub
-            .get_or_init(|| Hub::new(queue_capacity))
+            .get_or_init(|| match &config.metrics {
+                Some(m) => Hub::with_metrics(queue_capacity, m.clone()),
+                None => Hub::new(queue_capacity),
+            })
             .clone();
         if let Some(start) = relay {
             if handle.inner.relay.get().is_none() {

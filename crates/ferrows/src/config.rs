@@ -6,6 +6,8 @@ use ferrows_proto::Limits;
 use ferrows_proto::deflate::DeflateConfig;
 use ferrows_proto::handshake::HandshakeLimits;
 
+use crate::metrics::Metrics;
+
 /// Settings of a WebSocket connection, for either role.
 ///
 /// Every field has a documented default; the by-value setters chain:
@@ -43,6 +45,10 @@ pub struct Config {
     pub compression: Option<DeflateConfig>,
     /// Bounds on the HTTP head of the opening handshake (16 KiB, 64 fields).
     pub handshake_limits: HandshakeLimits,
+    /// Counters every connection made with this config adds to, and every
+    /// handshake answered with it (see [`crate::metrics`]). Default: none,
+    /// which costs nothing.
+    pub metrics: Option<Metrics>,
 }
 
 impl Default for Config {
@@ -55,6 +61,7 @@ impl Default for Config {
             auto_pong: true,
             compression: None,
             handshake_limits: HandshakeLimits::default(),
+            metrics: None,
         }
     }
 }
@@ -117,6 +124,12 @@ impl Config {
     /// Sets the handshake head limits.
     pub fn handshake_limits(mut self, limits: HandshakeLimits) -> Config {
         self.handshake_limits = limits;
+        self
+    }
+
+    /// Counts into `metrics` (see [`Config::metrics`](field@Config::metrics)).
+    pub fn metrics(mut self, metrics: Metrics) -> Config {
+        self.metrics = Some(metrics);
         self
     }
 

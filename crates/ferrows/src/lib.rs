@@ -62,6 +62,10 @@
 //!   backpressure) to build servers on it.
 //! * [`Config`]: limits, backpressure, timeouts, compression; every default
 //!   documented.
+//! * [`metrics`]: the counters of every connection and handshake
+//!   (connections, handshakes by outcome, messages and bytes by opcode,
+//!   close codes, compression, slow-consumer drops) at no per-message
+//!   shared cost.
 //! * One [`Hub`] across processes: [`Relay`] connects it to a
 //!   [`backplane`] (an in-process [`backplane::memory::Bus`] here; Redis
 //!   Streams in `ferrows-redis`), with dedupe, loss accounting, hold and
@@ -91,6 +95,7 @@ pub mod h2;
 pub mod keepalive;
 pub mod listener;
 mod message;
+pub mod metrics;
 mod protocol;
 pub mod proxy;
 pub mod pump;

@@ -707,6 +707,9 @@ async fn handshake<S, H, Fut>(
             }
             Ok(None) => return,
             Err(_) => {
+                if let Some(m) = &shared.config.metrics {
+                    m.handshake_timeout();
+                }
                 let timeout = Detail(format!("{:?}", shared.config.handshake_timeout));
                 shared.access.refusals.refused(Refusal::Timeout, peer, &timeout);
                 return;

@@ -17,6 +17,7 @@ use tokio::time::{Instant, Sleep};
 use crate::broadcast::Prepared;
 use crate::error::Error;
 use crate::message::Message;
+use crate::metrics::{Counted, Local};
 
 /// Reads start at this size...
 const MIN_READ: usize = 8 * 1024;
@@ -63,6 +64,16 @@ pub(crate) struct WriteCore {
     pub(crate) ended: bool,
     /// The close timeout, for closes started from the write side.
     pub(crate) close_timeout: Duration,
+    /// Counts of what is sent, when metrics are attached.
+    pub(crate) stats: Option<Box<Local>>,
+}
+
+impl Drop for WriteCore {
+    fn drop(&mut self) {
+        if let Some(stats) = &mut self.stats {
+            stats.end(self.encoder.deflate_totals());
+        }
+    }
 }
 
 impl WriteCore {
@@ -70,6 +81,7 @@ impl WriteCore {
         encoder: Encoder,
         high_water_mark: usize,
         close_timeout: Duration,
+        stats: Option<Box<Local>>,
     ) -> WriteCore {
         WriteCore {
             encoder,
@@ -80,6 +92,7 @@ impl WriteCore {
             broken: false,
             ended: false,
             close_timeout,
+            stats,
         }
     }
 
@@ -88,6 +101,9 @@ impl WriteCore {
         if self.broken || self.ended {
             return Err(Error::Closed);
         }
+        // What to count, taken before the message is consumed and counted
+        // once it is queued.
+        let counted = self.stats.as_ref().map(|_| Counted::of(&msg));
         let q = &mut self.queue;
         match msg {
             Message::Text(t) => self
@@ -101,6 +117,9 @@ impl WriteCore {
                 self.encoder.close(frame.as_ref(), q)?;
                 self.close_sent_at = Some(Instant::now());
             }
+        }
+        if let (Some(stats), Some(counted)) = (&mut self.stats, counted) {
+            stats.add(counted);
         }
         Ok(())
     }
@@ -121,6 +140,9 @@ impl WriteCore {
                 if opcode == OpCode::Close {
                     self.close_sent_at = Some(Instant::now());
                 }
+                if let Some(stats) = &mut self.stats {
+                    stats.add(Counted::of(prepared.message()));
+                }
                 return Ok(());
             }
         }
@@ -140,6 +162,9 @@ impl WriteCore {
         }
         self.encoder.close(frame, &mut self.queue)?;
         self.close_sent_at = Some(Instant::now());
+        if let Some(stats) = &mut self.stats {
+            stats.add(Counted::close(frame));
+        }
         Ok(())
     }
 
@@ -174,6 +199,10 @@ impl WriteCore {
             }
         }
         self.queue.shrink_if_empty(KEEP_IDLE);
+        if let Some(stats) = &mut self.stats {
+            // A write batch is out: publish its counts.
+            stats.fold(self.encoder.deflate_totals());
+        }
         Poll::Ready(Ok(()))
     }
 
@@ -254,6 +283,16 @@ pub(crate) struct ReadCore {
     fragment_mode: bool,
     /// How much the next read asks for (between MIN_READ and MAX_READ).
     read_size: u32,
+    /// Counts of what is received, when metrics are attached.
+    stats: Option<Box<Local>>,
+}
+
+impl Drop for ReadCore {
+    fn drop(&mut self) {
+        if let Some(stats) = &mut self.stats {
+            stats.end(self.decoder.inflate_totals());
+        }
+    }
 }
 
 impl ReadCore {
@@ -263,6 +302,7 @@ impl ReadCore {
         role: Role,
         auto_pong: bool,
         close_timeout: Duration,
+        stats: Option<Box<Local>>,
     ) -> ReadCore {
         ReadCore {
             decoder,
@@ -274,6 +314,7 @@ impl ReadCore {
             timer: None,
             fragment_mode: false,
             read_size: MIN_READ as u32,
+            stats,
         }
     }
 
@@ -293,6 +334,9 @@ impl ReadCore {
         self.state = ReadState::Done;
         self.timer = None;
         self.buf = BytesMut::new();
+        if let Some(stats) = &mut self.stats {
+            stats.end(self.decoder.inflate_totals());
+        }
         t.with_write(cx, |w, io, cx| {
             w.ended = true;
             // What is still queued can never go out: writing it after our
@@ -403,6 +447,10 @@ impl ReadCore {
             self.buf.reserve(self.decoder.bytes_needed().max(want));
             match t.poll_read(cx, &mut self.buf) {
                 Poll::Pending => {
+                    if let Some(stats) = &mut self.stats {
+                        // The read batch is over: publish its counts.
+                        stats.fold(self.decoder.inflate_totals());
+                    }
                     if self.buf.is_empty() && !self.decoder.is_mid_message() {
                         // Idle: give the read buffer's memory back.
                         if self.buf.capacity() > KEEP_IDLE {
@@ -455,32 +503,45 @@ impl ReadCore {
             self.decoder.set_fragment_mode(self.fragment_mode);
         }
         match self.decoder.decode(&mut self.buf) {
-            Ok(Some(item)) => Decoded::Deliver(match item {
-                Incoming::Text(t) => Message::Text(t),
-                Incoming::Binary(b) => Message::Binary(b),
-                Incoming::Fragment(f) => Message::Fragment(f),
-                Incoming::Ping(p) => {
-                    if self.auto_pong {
-                        t.with_write(cx, |w, _, _| {
-                            // Fails only after our close: then no pong is due.
-                            let _ = w.encoder.pong(&p, &mut w.queue);
-                        });
+            Ok(Some(item)) => {
+                let msg = match item {
+                    Incoming::Text(t) => Message::Text(t),
+                    Incoming::Binary(b) => Message::Binary(b),
+                    Incoming::Fragment(f) => Message::Fragment(f),
+                    Incoming::Ping(p) => {
+                        if self.auto_pong {
+                            t.with_write(cx, |w, _, _| {
+                                // Fails only after our close: then no pong is due.
+                                if w.encoder.pong(&p, &mut w.queue).is_ok() {
+                                    if let Some(stats) = &mut w.stats {
+                                        stats.add(Counted::of_pong(p.len()));
+                                    }
+                                }
+                            });
+                        }
+                        Message::Ping(p)
                     }
-                    Message::Ping(p)
+                    Incoming::Pong(p) => Message::Pong(p),
+                    Incoming::Close(frame) => {
+                        if let Some(stats) = &mut self.stats {
+                            stats.add(Counted::close(frame.as_ref()));
+                        }
+                        // Echo the peer's code (RFC 6455 §5.5.1); an empty close
+                        // gets an empty close.
+                        let reply = frame.as_ref().map(|f| CloseFrame::new(f.code, ""));
+                        // The decoder accepts only codes valid on the wire, so
+                        // the echo cannot be refused.
+                        let _ = t.with_write(cx, |w, _, _| w.close_once(reply.as_ref()));
+                        self.timer = None;
+                        self.state = ReadState::Replying(frame);
+                        return Decoded::StateChanged;
+                    }
+                };
+                if let Some(stats) = &mut self.stats {
+                    stats.add(Counted::of(&msg));
                 }
-                Incoming::Pong(p) => Message::Pong(p),
-                Incoming::Close(frame) => {
-                    // Echo the peer's code (RFC 6455 §5.5.1); an empty close
-                    // gets an empty close.
-                    let reply = frame.as_ref().map(|f| CloseFrame::new(f.code, ""));
-                    // The decoder accepts only codes valid on the wire, so
-                    // the echo cannot be refused.
-                    let _ = t.with_write(cx, |w, _, _| w.close_once(reply.as_ref()));
-                    self.timer = None;
-                    self.state = ReadState::Replying(frame);
-                    return Decoded::StateChanged;
-                }
-            }),
+                Decoded::Deliver(msg)
+            }
             Ok(None) => Decoded::NeedMore,
             Err(e) => {
                 tracing::debug!(error = %e, "failing the connection");

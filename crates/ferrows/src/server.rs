@@ -114,6 +114,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     async fn read_inner(mut io: S, config: Config) -> Result<Handshake<S>> {
         if let Err(e) = config.validate() {
             // The client deserves an answer: 500, best effort.
+            count(&config, 500);
             let refusal = HandshakeError::new(500, "server misconfigured").to_response();
             let _ = tokio::time::timeout(config.handshake_timeout, io.write_all(&refusal)).await;
             return Err(e);
@@ -150,12 +151,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
                 h2: None,
             }),
             Ok(Err(Error::Handshake(e))) => {
+                count(&config, e.status);
                 // Best effort: the client may already be gone.
                 let _ = tokio::time::timeout(deadline, io.write_all(&e.to_response())).await;
                 Err(Error::Handshake(e))
             }
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(Error::HandshakeTimeout),
+            Err(_) => {
+                if let Some(m) = &config.metrics {
+                    m.handshake_timeout();
+                }
+                Err(Error::HandshakeTimeout)
+            }
         }
     }
 
@@ -232,6 +239,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
         #[cfg(feature = "http2")]
         if let Some(reply) = self.h2.take() {
             let negotiated = reply.accept(&self.request, accept, &self.config)?;
+            // RFC 8441: an HTTP/2 WebSocket is accepted with 200.
+            count(&self.config, 200);
             return Ok(WebSocket::from_upgraded(
                 self.io,
                 Role::Server,
@@ -243,6 +252,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
         let upgrade = match validate_request(&self.request) {
             Ok(u) => u,
             Err(e) => {
+                count(&self.config, e.status);
                 self.write_within_timeout(&e.to_response()).await?;
                 return Err(Error::Handshake(e));
             }
@@ -261,10 +271,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
         let response = match accept_response(&self.request, upgrade, &accepted) {
             Ok(r) => r,
             Err(e) => {
+                count(&self.config, e.status);
                 self.write_within_timeout(&e.to_response()).await?;
                 return Err(Error::Handshake(e));
             }
         };
+        count(&self.config, 101);
         self.write_within_timeout(&response).await?;
         let negotiated = Negotiated {
             protocol: accepted.protocol,
@@ -291,6 +303,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     }
 
     async fn send_refusal(mut self, e: HandshakeError) -> Result<()> {
+        count(&self.config, e.status);
         #[cfg(feature = "http2")]
         if let Some(reply) = self.h2.take() {
             reply.refuse(&e);
@@ -451,6 +464,7 @@ where
     let upgrade = match validate_request(&hs.request) {
         Ok(u) => u,
         Err(e) => {
+            count(&hs.config, e.status);
             hs.write_within_timeout(&e.to_response()).await?;
             return Err(Error::Handshake(e));
         }
@@ -458,6 +472,7 @@ where
     match callback(&hs.request) {
         Ok(accept) => hs.finish(&upgrade, accept).await,
         Err(reject) => {
+            count(&hs.config, reject.status);
             hs.write_within_timeout(&reject.to_response()).await?;
             Err(Error::Handshake(reject))
         }
@@ -540,4 +555,11 @@ pub(crate) fn is_per_connection_error(e: &std::io::Error) -> bool {
         e.kind(),
         ConnectionRefused | ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
     )
+}
+
+/// Counts a handshake answer in the config's metrics, if any.
+fn count(config: &Config, status: u16) {
+    if let Some(m) = &config.metrics {
+        m.handshake(status);
+    }
 }

@@ -17,6 +17,7 @@ use crate::broadcast::Prepared;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::message::Message;
+use crate::metrics::{Direction, Local};
 use crate::protocol::{ReadCore, Transport, WriteCore};
 
 /// What the opening handshake settled, needed to set up a connection.
@@ -100,6 +101,7 @@ pub(crate) fn build_cores(
     };
     let decoder = Decoder::new(role, config.limits, decompressor);
     let encoder = Encoder::new(role, compressor);
+    let stats = |direction| config.metrics.as_ref().map(|m| Local::new(m, direction));
     (
         ReadCore::new(
             decoder,
@@ -107,8 +109,14 @@ pub(crate) fn build_cores(
             role,
             config.auto_pong,
             config.close_timeout,
+            stats(Direction::Received),
         ),
-        WriteCore::new(encoder, config.write_high_water_mark, config.close_timeout),
+        WriteCore::new(
+            encoder,
+            config.write_high_water_mark,
+            config.close_timeout,
+            stats(Direction::Sent),
+        ),
     )
 }
 

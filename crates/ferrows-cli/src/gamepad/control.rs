@@ -642,6 +642,7 @@ impl Controller {
         }
         if silent >= self.settings.deadman && !d.deadman_fired {
             d.deadman_fired = true;
+            crate::metrics::DEADMAN_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return self.stop(StopCause::Deadman);
         }
         Vec::new()

@@ -887,6 +887,9 @@ pub(crate) async fn serve(args: ServeGamepadArgs) -> anyhow::Result<ExitCode> {
     let opts = crate::net_options(&args.common, config)?;
     // The output first: a bad GPIO setup fails before anyone can connect.
     let (gamepad, mut running) = start(&args.gamepad, opts.access.token.is_some())?;
+    if let Some(exporter) = opts.exporter() {
+        exporter.set_gamepad();
+    }
     let listener = net::bind(args.bind, args.port)?;
     let local = listener.local_addr().context("local address")?;
     tracing::info!("listening on {}", display_addr(local));
