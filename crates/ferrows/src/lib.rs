@@ -78,6 +78,8 @@
     allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+#[cfg(feature = "axum")]
+pub mod axum;
 pub mod backplane;
 mod broadcast;
 pub mod callback;
@@ -85,6 +87,8 @@ mod client;
 mod config;
 mod error;
 pub mod event_client;
+#[cfg(feature = "hyper")]
+pub mod hyper;
 pub mod keepalive;
 pub mod listener;
 mod message;

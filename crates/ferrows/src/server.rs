@@ -45,6 +45,12 @@ impl Accept {
         self.headers.push((name.into(), value.into()));
         self
     }
+
+    /// The subprotocol and the extra headers.
+    #[cfg(feature = "hyper")]
+    pub(crate) fn into_parts(self) -> (Option<String>, Vec<(String, String)>) {
+        (self.protocol, self.headers)
+    }
 }
 
 /// A request read from a new connection, waiting for the application's
