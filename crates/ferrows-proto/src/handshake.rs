@@ -159,6 +159,23 @@ pub struct Request {
 }
 
 impl Request {
+    /// A request whose head an HTTP server (hyper, an HTTP/2 stack) has
+    /// already parsed: `minor_version` is 1 for HTTP/1.1, 0 for HTTP/1.0
+    /// (any other value reads as HTTP/1.0 and fails [`validate_request`]).
+    pub fn from_parts(
+        method: impl Into<String>,
+        target: impl Into<String>,
+        minor_version: u8,
+        headers: Headers,
+    ) -> Request {
+        Request {
+            method: method.into(),
+            target: target.into(),
+            version: minor_version,
+            headers,
+        }
+    }
+
     /// The method, e.g. `GET`.
     pub fn method(&self) -> &str {
         &self.method

@@ -83,6 +83,8 @@
     allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+#[cfg(feature = "axum")]
+pub mod axum;
 pub mod backplane;
 mod broadcast;
 pub mod callback;
@@ -92,6 +94,8 @@ mod error;
 pub mod event_client;
 #[cfg(feature = "http2")]
 pub mod h2;
+#[cfg(feature = "hyper")]
+pub mod hyper;
 pub mod keepalive;
 pub mod listener;
 mod message;

@@ -53,7 +53,7 @@ impl Accept {
     }
 
     /// The chosen subprotocol and the extra headers.
-    #[cfg(feature = "http2")]
+    #[cfg(any(feature = "hyper", feature = "http2"))]
     pub(crate) fn into_parts(self) -> (Option<String>, Vec<(String, String)>) {
         (self.protocol, self.headers)
     }

@@ -19,8 +19,10 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
 
 /// The servers, in display order: label in the results, display name.
-const SERVERS: [(&str, &str); 5] = [
+const SERVERS: [(&str, &str); 7] = [
     ("ferrows", "ferrows"),
+    ("axum-ferrows", "ferrows in axum"),
+    ("axum-ws", "axum ws"),
     ("tungstenite", "tokio-tungstenite"),
     ("fastwebsockets", "fastwebsockets"),
     ("node", "Node ws"),
@@ -35,6 +37,8 @@ fn colour(server: &str) -> RGBColor {
         "fastwebsockets" => RGBColor(0x4a, 0xa5, 0x5a),
         "node" => RGBColor(0x8a, 0x5c, 0xb8),
         "python" => RGBColor(0xe0, 0xa8, 0x20),
+        "axum-ferrows" => RGBColor(0xf0, 0x8a, 0x5d),
+        "axum-ws" => RGBColor(0x7f, 0xa8, 0xd8),
         _ => RGBColor(0x80, 0x80, 0x80),
     }
 }
@@ -701,6 +705,11 @@ fn markdown(rows: &[Row], grid: &Grid<'_>, meta: &[(String, String)]) -> String 
          without join notices.",
         "Python websockets: `bench/peers/python/echo.py`, the asyncio echo of its documentation, \
          compression at its defaults.",
+        "ferrows in axum: `bench/peers/src/bin/axum_ferrows_echo.rs`, `ferrows::axum::WebSocketUpgrade` \
+         on `axum::serve`, with the echo loop of `ferrows serve echo` (`queue` + `try_recv`); \
+         no compression.",
+        "axum ws: `bench/peers/src/bin/axum_ws_echo.rs`, `axum::extract::ws` (tokio-tungstenite \
+         inside) on `axum::serve`, `split()` and `forward` as for tokio-tungstenite; no compression.",
         "Every server listens on 127.0.0.1, sets TCP_NODELAY and has the same message limit.",
     ] {
         let _ = writeln!(md, "- {line}");
