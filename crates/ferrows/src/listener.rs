@@ -719,7 +719,10 @@ async fn handshake<S, H, Fut>(
     drop(ticket);
     let hs = hs.with_peer_addr(peer);
     if let Some(wait) = over_rate {
-        shared.access.refusals.refused(Refusal::Rate, peer, &NoDetail);
+        shared
+            .access
+            .refusals
+            .refused(Refusal::Rate, peer, &NoDetail);
         let reject = crate::Reject::new(429, "too many connections from this address")
             .with_header("Retry-After", retry_after_secs(wait).to_string());
         let _ = hs.reject_with(&reject).await;
