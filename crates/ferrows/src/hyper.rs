@@ -208,6 +208,8 @@ impl Pending {
         })
     }
 
+    /// The request head axum's extractor has (`ferrows::axum`).
+    #[cfg(feature = "axum")]
     pub(crate) fn from_parts(parts: &mut http::request::Parts) -> Result<Pending> {
         let (request, accept_key) =
             validate(&parts.method, &parts.uri, parts.version, &parts.headers)?;
