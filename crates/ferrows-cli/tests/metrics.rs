@@ -244,7 +244,9 @@ async fn serve_chat_with_redis_exports_the_backplane() {
         }
     })
     .await;
-    let text = scrape(maddr).await;
+    // Local clients come first: the copy can arrive before the publish is
+    // acknowledged, so wait for the outbox to drain.
+    let text = until_value(maddr, "ferrows_backplane_outbox_depth", 0).await;
     assert!(
         value(&text, "ferrows_backplane_published_total").is_some_and(|n| n >= 1),
         "{text}"
