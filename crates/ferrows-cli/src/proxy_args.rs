@@ -10,9 +10,9 @@ use ferrows::{ClientBuilder, Proxy};
 /// How a client command reaches the server.
 #[derive(Args, Debug, Clone, Default)]
 pub(crate) struct ProxyArgs {
-    /// Connect through this proxy: http://[USER:PASS@]HOST[:PORT] (HTTP
-    /// CONNECT, Basic auth), socks5h://[USER:PASS@]HOST[:PORT] (SOCKS5, the
-    /// proxy resolves the server's name) or socks5://… (resolved here).
+    /// Connect through this proxy: `http://[USER:PASS@]HOST[:PORT]` (HTTP
+    /// CONNECT, Basic auth), `socks5h://[USER:PASS@]HOST[:PORT]` (SOCKS5, the
+    /// proxy resolves the server's name) or `socks5://…` (resolved here).
     /// Default: the environment's: https_proxy/HTTPS_PROXY for wss://,
     /// http_proxy/HTTP_PROXY for ws://, then all_proxy/ALL_PROXY, except
     /// for servers in no_proxy/NO_PROXY
