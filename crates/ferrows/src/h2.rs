@@ -296,24 +296,11 @@ where
 }
 
 /// The HTTP response for an error of [`upgrade`] or a [`Reject`]: its
-/// status, headers and plain-text reason; 500 for other errors.
-pub fn refusal<R: From<Bytes>>(error: &Error) -> http::Response<R> {
-    let refusal = match error {
-        Error::Handshake(e) => e.clone(),
-        _ => HandshakeError::new(500, "server misconfigured"),
-    };
-    refusal_response(&refusal).map(R::from)
-}
+/// status, headers and plain-text reason; 500 for other errors (the same
+/// answer as [`crate::hyper::refusal`]).
+pub use crate::hyper::refusal;
 
-fn refusal_response(refusal: &HandshakeError) -> http::Response<Bytes> {
-    let headers: Vec<(String, String)> = refusal.headers.clone();
-    plain_response(
-        refusal.status,
-        &headers,
-        "text/plain; charset=utf-8",
-        Bytes::from(format!("{}\n", refusal.reason)),
-    )
-}
+use crate::hyper::refusal_response;
 
 fn plain_response(
     status: u16,

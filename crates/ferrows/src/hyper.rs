@@ -329,13 +329,19 @@ pub fn refusal<R: From<Bytes>>(error: &Error) -> http::Response<R> {
         Error::Handshake(e) => e.clone(),
         _ => HandshakeError::new(500, "server misconfigured"),
     };
+    refusal_response(&refusal).map(R::from)
+}
+
+/// The response for `refusal`, as ferrows' own listener writes it: its
+/// status, its headers (a field that is not valid is dropped) and the
+/// plain-text reason. Shared with the HTTP/2 path (`crate::h2`).
+pub(crate) fn refusal_response(refusal: &HandshakeError) -> http::Response<Bytes> {
     let body = Bytes::from(format!("{}\n", refusal.reason));
-    let mut response = http::Response::new(R::from(body));
+    let mut response = http::Response::new(body);
     *response.status_mut() = http::StatusCode::from_u16(refusal.status)
         .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();
     for (name, value) in &refusal.headers {
-        // As on the listener: a field that is not valid is dropped.
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
